@@ -1,0 +1,138 @@
+"""Score networks s_theta(x, t) ~ grad_x log p_t(x).
+
+`ScoreNet` is the tutorial's time-conditional U-Net for 1x28x28 images (1,115,425 parameters with
+the default channels); `MLPScoreNet` is a small net for 2-D toy data. Both divide their output by
+the SDE's marginal std(t): the score of the perturbation kernel has norm ~ sqrt(D) / std(t), so
+the net only has to predict a quantity of order one (the tutorial's "output / marginal_prob_std").
+Both take the `SDE` they are trained for, and record their settings in `config()` so a checkpoint
+can rebuild its own model (`net_from_config`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .sde import SDE, _check_batch, append_dims, sde_from_config
+
+
+def swish(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(x)
+
+
+class GaussianFourierProjection(nn.Module):
+    """Random Fourier features of t: [sin(2 pi W t), cos(2 pi W t)], W ~ N(0, scale^2), fixed."""
+
+    def __init__(self, embed_dim: int = 256, scale: float = 30.0):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(embed_dim // 2) * scale, requires_grad=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t[:, None] * self.W[None, :] * 2 * math.pi
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class Dense(nn.Module):
+    """A linear map of the time embedding, reshaped to add to (batch, channels, h, w) features."""
+
+    def __init__(self, input_dim: int, output_dim: int):
+        super().__init__()
+        self.dense = nn.Linear(input_dim, output_dim)
+
+    def forward(self, x):
+        return self.dense(x)[..., None, None]
+
+
+class ScoreNet(nn.Module):
+    """The tutorial's U-Net: encoder 32/64/128/256 channels (strides 1, 2, 2, 2), decoder of
+    transposed convolutions with skip connections, time injected densely at every level,
+    GroupNorm and swish; output / std(t)."""
+
+    def __init__(self, sde: SDE, channels=(32, 64, 128, 256), embed_dim: int = 256,
+                 image_channels: int = 1):
+        super().__init__()
+        self.sde = sde
+        self.channels, self.embed_dim, self.image_channels = tuple(channels), embed_dim, image_channels
+        c = channels
+        self.embed = nn.Sequential(GaussianFourierProjection(embed_dim), nn.Linear(embed_dim, embed_dim))
+        # Encoder: 28 -> 26 -> 12 -> 5 -> 2
+        self.conv1 = nn.Conv2d(image_channels, c[0], 3, stride=1, bias=False)
+        self.dense1, self.gnorm1 = Dense(embed_dim, c[0]), nn.GroupNorm(4, c[0])
+        self.conv2 = nn.Conv2d(c[0], c[1], 3, stride=2, bias=False)
+        self.dense2, self.gnorm2 = Dense(embed_dim, c[1]), nn.GroupNorm(32, c[1])
+        self.conv3 = nn.Conv2d(c[1], c[2], 3, stride=2, bias=False)
+        self.dense3, self.gnorm3 = Dense(embed_dim, c[2]), nn.GroupNorm(32, c[2])
+        self.conv4 = nn.Conv2d(c[2], c[3], 3, stride=2, bias=False)
+        self.dense4, self.gnorm4 = Dense(embed_dim, c[3]), nn.GroupNorm(32, c[3])
+        # Decoder: 2 -> 5 -> 12 -> 26 -> 28
+        self.tconv4 = nn.ConvTranspose2d(c[3], c[2], 3, stride=2, bias=False)
+        self.dense5, self.tgnorm4 = Dense(embed_dim, c[2]), nn.GroupNorm(32, c[2])
+        self.tconv3 = nn.ConvTranspose2d(2 * c[2], c[1], 3, stride=2, bias=False, output_padding=1)
+        self.dense6, self.tgnorm3 = Dense(embed_dim, c[1]), nn.GroupNorm(32, c[1])
+        self.tconv2 = nn.ConvTranspose2d(2 * c[1], c[0], 3, stride=2, bias=False, output_padding=1)
+        self.dense7, self.tgnorm2 = Dense(embed_dim, c[0]), nn.GroupNorm(32, c[0])
+        self.tconv1 = nn.ConvTranspose2d(2 * c[0], image_channels, 3, stride=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1:] != (self.image_channels, 28, 28):
+            raise ValueError(f"ScoreNet expects images of shape (batch, {self.image_channels}, 28, 28), "
+                             f"got {tuple(x.shape)}")
+        _check_batch(x, t)
+        t = t.expand(x.shape[0]) if t.ndim == 1 and t.shape[0] == 1 else t
+        embed = swish(self.embed(t))
+        h1 = swish(self.gnorm1(self.conv1(x) + self.dense1(embed)))
+        h2 = swish(self.gnorm2(self.conv2(h1) + self.dense2(embed)))
+        h3 = swish(self.gnorm3(self.conv3(h2) + self.dense3(embed)))
+        h4 = swish(self.gnorm4(self.conv4(h3) + self.dense4(embed)))
+        h = swish(self.tgnorm4(self.tconv4(h4) + self.dense5(embed)))
+        h = swish(self.tgnorm3(self.tconv3(torch.cat([h, h3], dim=1)) + self.dense6(embed)))
+        h = swish(self.tgnorm2(self.tconv2(torch.cat([h, h2], dim=1)) + self.dense7(embed)))
+        h = self.tconv1(torch.cat([h, h1], dim=1))
+        return h / append_dims(self.sde.marginal_std(t), h.ndim).to(h.dtype)
+
+    def config(self) -> dict:
+        return {"name": "ScoreNet", "channels": list(self.channels), "embed_dim": self.embed_dim,
+                "image_channels": self.image_channels}
+
+
+class MLPScoreNet(nn.Module):
+    """A small MLP score net for D-dimensional points: [x, Fourier(t)] -> hidden -> D, / std(t)."""
+
+    def __init__(self, sde: SDE, dim: int = 2, hidden: int = 128, depth: int = 3,
+                 embed_dim: int = 32, scale: float = 16.0):
+        super().__init__()
+        self.sde = sde
+        self.dim, self.hidden, self.depth, self.embed_dim, self.scale = dim, hidden, depth, embed_dim, scale
+        self.embed = GaussianFourierProjection(embed_dim, scale)
+        layers, width = [], dim + embed_dim
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        self.mlp = nn.Sequential(*layers, nn.Linear(width, dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"MLPScoreNet expects points of shape (batch, {self.dim}), got {tuple(x.shape)}")
+        _check_batch(x, t)
+        t = t.expand(x.shape[0]) if t.ndim == 1 and t.shape[0] == 1 else t
+        h = self.mlp(torch.cat([x, self.embed(t).to(x.dtype)], dim=1))
+        return h / self.sde.marginal_std(t)[:, None].to(h.dtype)
+
+    def config(self) -> dict:
+        return {"name": "MLPScoreNet", "dim": self.dim, "hidden": self.hidden, "depth": self.depth,
+                "embed_dim": self.embed_dim, "scale": self.scale}
+
+
+def net_from_config(net_config: dict, sde_config: dict) -> nn.Module:
+    """Rebuild a score net (untrained) from the settings a checkpoint stores."""
+    net_config = dict(net_config)
+    name = net_config.pop("name")
+    nets = {"ScoreNet": ScoreNet, "MLPScoreNet": MLPScoreNet}
+    if name not in nets:
+        raise ValueError(f"unknown net {name!r}; choose one of {sorted(nets)}")
+    return nets[name](sde_from_config(sde_config), **net_config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
