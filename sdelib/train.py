@@ -209,6 +209,10 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
         optimizer.load_state_dict(state["optimizer"])
         noise_gen.set_state(state["generator"].cpu())
         step, history = state["step"], state["history"]
+        epoch_loss, epoch_count = state.get("epoch_progress", (0.0, 0))
+    else:
+        epoch_loss, epoch_count = 0.0, 0
+    gen_state = noise_gen.get_state()  # the state at the start of the next step (what a save stores)
 
     data = images.to(device)
     step_model = model
@@ -220,8 +224,8 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     def state_dict():
         return {"format": CHECKPOINT_FORMAT, "sde": sde.config(), "net": model.config(),
                 "model": model.state_dict(), "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(), "generator": noise_gen.get_state(),
-                "step": step, "epoch": step / steps_per_epoch, "history": history, "settings": settings}
+                "optimizer": optimizer.state_dict(), "generator": gen_state,
+                "epoch_progress": (epoch_loss, epoch_count), "step": step, "epoch": step / steps_per_epoch, "history": history, "settings": settings}
 
     def save():
         if checkpoint is not None and rank == 0:
@@ -229,7 +233,7 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
 
     local = batch_size // world
     start, last_save = time.monotonic(), time.monotonic()
-    epoch_loss, epoch_count, epoch_start = 0.0, 0, time.monotonic()
+    epoch_start = time.monotonic()
     bar = tqdm(total=total_steps, initial=step, disable=not progress or rank != 0,
                desc=f"DSM {sde.name}", unit="step")
     perm, perm_epoch = None, -1
@@ -261,6 +265,7 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
             optimizer.step()
             ema_update(ema, model, ema_decay)
             step += 1
+            gen_state = noise_gen.get_state()
             epoch_loss += loss.item() * local
             epoch_count += local
             bar.update(1)

@@ -1,0 +1,211 @@
+"""Score nets, checkpoints, resumable training, distributed training, pretrained loading."""
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from sdelib import train as train_module
+from sdelib.data import ring_mixture
+from sdelib.nets import MLPScoreNet, ScoreNet, count_parameters, net_from_config
+from sdelib.sde import GeometricVESDE, SubVPSDE, VESDE, VPSDE
+from sdelib.train import (CheckpointError, export_pretrained, learning_rate, load_checkpoint,
+                          load_pretrained, model_from_checkpoint, save_checkpoint, train)
+
+ALL_SDES = [VESDE(25.0), GeometricVESDE(0.01, 50.0), VPSDE(), SubVPSDE()]
+
+
+@pytest.mark.parametrize("sde", ALL_SDES, ids=lambda s: s.name)
+def test_scorenet_maps_images_to_scores_of_the_same_shape_for_every_sde(sde):
+    torch.manual_seed(0)
+    net = ScoreNet(sde)
+    x, t = torch.rand(3, 1, 28, 28), torch.tensor([0.01, 0.5, 1.0])
+    assert net(x, t).shape == x.shape
+    assert count_parameters(net) == 1_115_425  # SPEC §2: the tutorial's U-Net
+
+
+def test_scorenet_output_is_divided_by_the_marginal_std():
+    """Same weights, two SDEs: the outputs differ exactly by the ratio of their std(t)."""
+    torch.manual_seed(0)
+    ve, vp = ScoreNet(VESDE(25.0)), ScoreNet(VPSDE())
+    vp.load_state_dict(ve.state_dict())
+    x, t = torch.rand(2, 1, 28, 28), torch.tensor([0.1, 0.7])
+    ratio = (VESDE(25.0).marginal_std(t) / VPSDE().marginal_std(t))[:, None, None, None]
+    assert torch.allclose(vp(x, t), ve(x, t) * ratio, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("x,match", [(torch.rand(2, 3, 28, 28), "shape"), (torch.rand(2, 784), "shape"),
+                                     (torch.rand(2, 1, 32, 32), "shape")])
+def test_scorenet_rejects_wrong_data_shape(x, match):
+    with pytest.raises(ValueError, match=match):
+        ScoreNet(VESDE(25.0))(x, torch.rand(2))
+
+
+def test_mlp_score_net_rejects_mismatched_time_batch():
+    with pytest.raises(ValueError, match="shape"):
+        MLPScoreNet(VESDE(25.0))(torch.randn(4, 2), torch.rand(3))
+
+
+def tiny_run(tmp_path, name="ckpt.pt", **kwargs):
+    torch.manual_seed(0)
+    sde = VESDE(10.0)
+    model = MLPScoreNet(sde, hidden=16, depth=2)
+    data = ring_mixture().sample(96, torch.Generator().manual_seed(0)).float()
+    settings = dict(epochs=3, batch_size=16, lr=1e-3, warmup_steps=2, device="cpu", progress=False,
+                    checkpoint=tmp_path / name)
+    settings.update(kwargs)
+    return train(model, sde, data, **settings)
+
+
+def test_interrupted_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
+    full = tiny_run(tmp_path, "full.pt")
+    first = tiny_run(tmp_path, "resumed.pt", max_steps=7)   # stops mid-epoch 1 (6 steps per epoch)
+    assert first["step"] == 7
+    resumed = tiny_run(tmp_path, "resumed.pt")
+    assert resumed["step"] == full["step"] == 18
+    for key in ("model", "ema"):
+        for name, value in full[key].items():
+            assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_result(tmp_path, monkeypatch):
+    full = tiny_run(tmp_path, "full.pt")
+    calls = {"n": 0}
+    original = train_module.dsm_loss
+
+    def interrupt_at_step_10(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "dsm_loss", interrupt_at_step_10)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(tmp_path, "interrupted.pt")
+    assert load_checkpoint(tmp_path / "interrupted.pt")["step"] == 10
+    monkeypatch.setattr(train_module, "dsm_loss", original)
+    resumed = tiny_run(tmp_path, "interrupted.pt")
+    for name, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][name])
+
+
+def test_training_lowers_the_held_out_dsm_loss_and_records_history(tmp_path):
+    from sdelib.metrics import dsm_test_loss
+
+    held_out = ring_mixture().sample(2000, torch.Generator().manual_seed(1)).float()
+    state = tiny_run(tmp_path, epochs=20, lr=3e-3, ema_decay=0.9)  # EMA horizon ~10 of 120 steps
+    trained, sde = model_from_checkpoint(state)
+    untrained = net_from_config(state["net"], state["sde"])
+    after = dsm_test_loss(trained, sde, held_out, seed=0)        # same t and z for both nets
+    before = dsm_test_loss(untrained, sde, held_out, seed=0)
+    assert before.mean - after.mean > 4 * (before.standard_error + after.standard_error)
+    assert [h["epoch"] for h in state["history"]] == list(range(20))
+
+
+def test_checkpoint_save_load_rebuilds_a_model_with_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    net = ScoreNet(VPSDE(beta_min=0.2, beta_max=15.0))
+    state = {"format": train_module.CHECKPOINT_FORMAT, "sde": net.sde.config(), "net": net.config(),
+             "model": net.state_dict(), "ema": None, "history": [], "settings": {}, "step": 0, "epoch": 0}
+    save_checkpoint(state, tmp_path / "net.pt")
+    rebuilt, sde = model_from_checkpoint(tmp_path / "net.pt")
+    x, t = torch.rand(2, 1, 28, 28), torch.tensor([0.2, 0.9])
+    assert sde.config() == {"name": "vp", "beta_min": 0.2, "beta_max": 15.0}
+    assert torch.equal(rebuilt(x, t), net.eval()(x, t))
+
+
+def test_truncated_or_corrupt_checkpoint_raises_a_clear_error(tmp_path):
+    state = tiny_run(tmp_path, epochs=1)
+    raw = (tmp_path / "ckpt.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    for name in ("truncated.pt", "garbage.pt"):
+        with pytest.raises(CheckpointError, match="corrupt or truncated"):
+            load_checkpoint(tmp_path / name)
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not an sdelib checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    assert state["step"] == 6
+
+
+def test_resuming_with_another_net_or_sde_is_refused(tmp_path):
+    tiny_run(tmp_path, epochs=1)
+    data = torch.randn(96, 2)
+    with pytest.raises(CheckpointError, match="SDE"):
+        train(MLPScoreNet(VPSDE(), hidden=16, depth=2), VPSDE(), data, epochs=1, batch_size=16,
+              device="cpu", progress=False, checkpoint=tmp_path / "ckpt.pt")
+    with pytest.raises(CheckpointError, match="net"):
+        train(MLPScoreNet(VESDE(10.0), hidden=32, depth=2), VESDE(10.0), data, epochs=1, batch_size=16,
+              device="cpu", progress=False, checkpoint=tmp_path / "ckpt.pt")
+
+
+def test_unknown_net_name_is_refused():
+    with pytest.raises(ValueError, match="unknown net"):
+        net_from_config({"name": "ResNet"}, {"name": "ve", "sigma": 25.0})
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(batch_size=0), "batch_size"), (dict(epochs=0), "epochs"),
+                                          (dict(batch_size=1000), "larger than the dataset")])
+def test_train_rejects_bad_settings(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_run(tmp_path, **kwargs)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    lrs = [learning_rate(s, 100, 1e-3, 10, "cosine") for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[55] == pytest.approx(5e-4) and lrs[100] == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(50, 100, 1e-3, 10, "constant") == 1e-3
+
+
+def test_load_pretrained_checks_the_hash_and_explains_how_to_retrain(tmp_path, monkeypatch):
+    tiny_run(tmp_path, epochs=1)
+    monkeypatch.setattr(train_module, "CHECKPOINT_DIR", tmp_path / "shipped")
+    (tmp_path / "shipped").mkdir()
+    log = export_pretrained(tmp_path / "ckpt.pt", tmp_path / "shipped" / "toy.pt")
+    model, sde = load_pretrained("toy")
+    assert json.loads((tmp_path / "shipped" / "toy.json").read_text())["sha256"] == log["sha256"]
+    assert sde.config() == {"name": "ve", "sigma": 10.0} and not model.training
+    with open(tmp_path / "shipped" / "toy.pt", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(CheckpointError, match="sha256.*Retrain"):
+        load_pretrained("toy")
+    with pytest.raises(CheckpointError, match="no shipped checkpoint 'nothing'"):
+        load_pretrained("nothing")
+
+
+# ---- distributed: 2 CPU processes (gloo) compute exactly the single-process run ------------------
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        state = tiny_run(out, "ddp.pt", checkpoint=out / "ddp.pt" if rank == 0 else None)
+        if rank == 0:
+            torch.save(state["model"], out / "ddp-model.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_ddp_matches_single_process_with_the_same_global_batch(tmp_path):
+    single = tiny_run(tmp_path, "single.pt")
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True,
+                       start_method="fork")
+    ddp = torch.load(tmp_path / "ddp-model.pt", weights_only=True)
+    for name, value in single["model"].items():
+        # Same global batch and noise; only the order of floating-point summation differs
+        # (mean of two half-batch means, all-reduced), so agreement is to float32 rounding.
+        assert torch.allclose(value, ddp[name], rtol=1e-4, atol=1e-6), name
+    assert load_checkpoint(tmp_path / "ddp.pt")["settings"]["world_size"] == 2
