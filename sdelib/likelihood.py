@@ -96,8 +96,12 @@ def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
             raise ODEConvergenceError(f"likelihood ODE needed more than {max_nfe} evaluations "
                                       f"(rtol={rtol}, atol={atol})")
         if probe is None:
-            return exact_divergence(drift, x_t, t_vec)
-        return hutchinson_divergence(drift, x_t, t_vec, probe)
+            dx, div = exact_divergence(drift, x_t, t_vec)
+        else:
+            dx, div = hutchinson_divergence(drift, x_t, t_vec, probe)
+        if not (torch.isfinite(dx).all() and torch.isfinite(div).all()):
+            raise ODEConvergenceError(f"likelihood ODE drift is not finite at t={t_vec[0].item():.4g}")
+        return dx, div
 
     if solver == "scipy":
         from scipy import integrate

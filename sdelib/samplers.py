@@ -178,7 +178,10 @@ def probability_flow_ode(score_fn, sde: SDE, shape, *, eps: float = 1e-3, rtol: 
         x_t = torch.as_tensor(y, device=device, dtype=dtype).reshape(shape)
         t_vec = torch.full((shape[0],), t, device=device, dtype=dtype)
         with torch.no_grad():
-            return drift(x_t, t_vec).reshape(-1).double().cpu().numpy()
+            out = drift(x_t, t_vec)
+        if not torch.isfinite(out).all():
+            raise ODEConvergenceError(f"probability-flow ODE drift is not finite at t={t:.4g}")
+        return out.reshape(-1).double().cpu().numpy()
 
     solver_cls = {"RK45": integrate.RK45, "RK23": integrate.RK23, "DOP853": integrate.DOP853}[method]
     solver = solver_cls(ode_func, sde.T, x.reshape(-1).double().cpu().numpy(), eps, rtol=rtol, atol=atol)
@@ -223,6 +226,8 @@ def probability_flow_ode_torchdiffeq(score_fn, sde: SDE, shape, *, eps: float = 
         # dopri5's first-step heuristic may probe beyond the interval: keep t inside (0, T].
         t = t.clamp(min=eps, max=sde.T)
         out = drift(x_t, t.expand(shape[0]).to(x_t.dtype))
+        if not torch.isfinite(out).all():
+            raise ODEConvergenceError(f"probability-flow ODE drift is not finite at t={float(t):.4g}")
         if callback is not None:
             callback(nfe - 1, float(t), x_t)
         return out

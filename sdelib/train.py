@@ -57,6 +57,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; checkpoints are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -227,12 +227,15 @@ def slider(render: Callable, values, *, label: str, fmt: str = "{}", live: bool 
     import ipywidgets as widgets
     from IPython.display import display
 
-    first = {index: _render_checked(render, values[index])}   # fail here, not inside the widget
+    # Render the first frame now, so a bad `render` fails here and not inside the widget. Close
+    # every figure before showing it: interactive_output flushes pyplot's open figures to the
+    # cell's own output, outside the slider (a closed figure still displays).
+    first = {index: _render_checked(render, values[index])}
 
     def show(i):
         fig = first.pop(i, None) or _render_checked(render, values[i])
-        display(fig)
         plt.close(fig)
+        display(fig)
 
     control = widgets.SelectionSlider(options=[(text, i) for i, text in enumerate(texts)],
                                       value=index, description=label, continuous_update=False)

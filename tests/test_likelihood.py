@@ -134,10 +134,11 @@ def test_ode_likelihood_rejects_non_finite_points_naming_them():
         ode_likelihood(DATA.score_fn(VPSDE()), VPSDE(), x)
 
 
-def test_ode_likelihood_that_cannot_converge_raises():
-    def exploding_score(x, t):
-        return torch.exp(50 * x.abs()) * torch.sign(x)
-
-    with pytest.raises(ODEConvergenceError):
-        ode_likelihood(exploding_score, VPSDE(), points(4), divergence="gaussian", max_nfe=200,
+@pytest.mark.parametrize("score,match", [
+    (lambda x, t: torch.exp(50 * x.abs()) * torch.sign(x), "not finite"),
+    (lambda x, t: 1e4 * torch.sin(1e3 * x), "more than 200"),
+], ids=["exploding", "stiff"])
+def test_ode_likelihood_that_cannot_converge_raises(score, match):
+    with pytest.raises(ODEConvergenceError, match=match):
+        ode_likelihood(score, VPSDE(), points(4), divergence="gaussian", max_nfe=200,
                        generator=torch.Generator().manual_seed(0))

@@ -230,6 +230,23 @@ def test_live_slider_renders_on_demand():
     assert plt.get_fignums() == []
 
 
+def test_live_slider_leaves_no_open_figure_for_interactive_output_to_flush(monkeypatch):
+    """interactive_output flushes pyplot's open figures into the cell's own output, outside the
+    slider: the pre-rendered first frame must already be closed when it is called."""
+    widgets = pytest.importorskip("ipywidgets")
+    open_at_call = []
+    real_interactive_output = widgets.interactive_output
+
+    def spy(f, controls):
+        open_at_call.append(plt.get_fignums())
+        return real_interactive_output(f, controls)
+
+    monkeypatch.setattr(widgets, "interactive_output", spy)
+    plt.close("all")
+    viz.slider(_line_at, [0.2, 0.4, 0.6], label="t", live=True)
+    assert open_at_call == [[]]
+
+
 # --- image grids ---------------------------------------------------------------------------------
 def test_grid_places_each_image_in_row_major_order():
     images = torch.arange(10, dtype=torch.float32).reshape(10, 1, 1, 1).expand(10, 1, 28, 28) / 10
