@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .samplers import ODEConvergenceError
+from .samplers import CountedDrift, ODEConvergenceError
 from .sde import SDE
 
 DIVERGENCES = ("exact", "gaussian", "rademacher")
@@ -87,21 +87,14 @@ def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
         raise ValueError(f"eps must lie in (0, {sde.T}), got {eps}")
     drift = sde.reverse(score_fn, probability_flow=True).drift
     probe = None if divergence == "exact" else make_probe(x, divergence, generator)
-    shape, batch, nfe = x.shape, x.shape[0], 0
+    shape, batch = x.shape, x.shape[0]
 
-    def drift_and_div(x_t, t_vec):
-        nonlocal nfe
-        nfe += 1
-        if nfe > max_nfe:
-            raise ODEConvergenceError(f"likelihood ODE needed more than {max_nfe} evaluations "
-                                      f"(rtol={rtol}, atol={atol})")
+    def drift_and_divergence(x_t, t_vec):
         if probe is None:
-            dx, div = exact_divergence(drift, x_t, t_vec)
-        else:
-            dx, div = hutchinson_divergence(drift, x_t, t_vec, probe)
-        if not (torch.isfinite(dx).all() and torch.isfinite(div).all()):
-            raise ODEConvergenceError(f"likelihood ODE drift is not finite at t={t_vec[0].item():.4g}")
-        return dx, div
+            return exact_divergence(drift, x_t, t_vec)
+        return hutchinson_divergence(drift, x_t, t_vec, probe)
+
+    drift_and_div = CountedDrift(drift_and_divergence, max_nfe, what="likelihood ODE")
 
     if solver == "scipy":
         from scipy import integrate
@@ -129,11 +122,14 @@ def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
 
         times = torch.tensor([eps, sde.T], device=x.device, dtype=x.dtype)
         state0 = (x.detach(), torch.zeros(batch, device=x.device, dtype=x.dtype))
-        with torch.no_grad():
-            z_path, logp_path = odeint(ode_func, state0, times, rtol=rtol, atol=atol, method="dopri5")
+        try:
+            with torch.no_grad():
+                z_path, logp_path = odeint(ode_func, state0, times, rtol=rtol, atol=atol, method="dopri5")
+        except AssertionError as exc:  # torchdiffeq asserts on step-size underflow
+            raise ODEConvergenceError(f"likelihood ODE failed after {drift_and_div.nfe} evaluations: {exc}") from exc
         z, delta_logp = z_path[-1], logp_path[-1].double()
     prior = (prior_logp or sde.prior_logp)(z).double()
-    return LikelihoodResult(prior + delta_logp, z, nfe)
+    return LikelihoodResult(prior + delta_logp, z, drift_and_div.nfe)
 
 
 def dequantize(images: torch.Tensor, generator=None) -> torch.Tensor:

@@ -37,6 +37,25 @@ class ODEConvergenceError(RuntimeError):
     """The adaptive ODE solver failed or exceeded its evaluation budget."""
 
 
+class CountedDrift:
+    """Wraps fn(x, t_vec) for an adaptive solver: counts evaluations (`nfe`) and raises
+    ODEConvergenceError past `max_nfe` or on a non-finite value, so a solve reports, never hangs."""
+
+    def __init__(self, fn, max_nfe: int, what: str = "probability-flow ODE"):
+        self.fn, self.max_nfe, self.what, self.nfe = fn, max_nfe, what, 0
+
+    def __call__(self, x, t_vec):
+        self.nfe += 1
+        t = float(t_vec[0])
+        if self.nfe > self.max_nfe:
+            raise ODEConvergenceError(f"{self.what} needed more than {self.max_nfe} evaluations; "
+                                      f"stopped at t={t:.4g} (loosen rtol/atol or check the score)")
+        out = self.fn(x, t_vec)
+        if not all(torch.isfinite(o).all() for o in (out if isinstance(out, tuple) else (out,))):
+            raise ODEConvergenceError(f"{self.what} drift is not finite at t={t:.4g}")
+        return out
+
+
 PREDICTORS = ("euler_maruyama", "reverse_diffusion")
 
 
@@ -165,22 +184,13 @@ def probability_flow_ode(score_fn, sde: SDE, shape, *, eps: float = 1e-3, rtol: 
 
     _check_common(shape, None, eps, sde)
     x, device = _start(sde, shape, generator, device, x_init)
-    drift = sde.reverse(score_fn, probability_flow=True).drift
+    drift = CountedDrift(sde.reverse(score_fn, probability_flow=True).drift, max_nfe)
     dtype = x.dtype
-    nfe = 0
 
     def ode_func(t, y):
-        nonlocal nfe
-        nfe += 1
-        if nfe > max_nfe:
-            raise ODEConvergenceError(f"probability-flow ODE needed more than {max_nfe} evaluations "
-                                      f"(rtol={rtol}, atol={atol}); stopped at t={t:.4g}")
         x_t = torch.as_tensor(y, device=device, dtype=dtype).reshape(shape)
-        t_vec = torch.full((shape[0],), t, device=device, dtype=dtype)
         with torch.no_grad():
-            out = drift(x_t, t_vec)
-        if not torch.isfinite(out).all():
-            raise ODEConvergenceError(f"probability-flow ODE drift is not finite at t={t:.4g}")
+            out = drift(x_t, torch.full((shape[0],), t, device=device, dtype=dtype))
         return out.reshape(-1).double().cpu().numpy()
 
     solver_cls = {"RK45": integrate.RK45, "RK23": integrate.RK23, "DOP853": integrate.DOP853}[method]
@@ -193,9 +203,7 @@ def probability_flow_ode(score_fn, sde: SDE, shape, *, eps: float = 1e-3, rtol: 
         if callback is not None:
             callback(i, solver.t, torch.as_tensor(solver.y, dtype=dtype, device=device).reshape(shape))
         i += 1
-    x = torch.as_tensor(solver.y, device=device, dtype=dtype).reshape(shape)
-    if not torch.isfinite(x).all():
-        raise ODEConvergenceError(f"probability-flow ODE produced non-finite samples after {nfe} evaluations")
+    x, nfe = torch.as_tensor(solver.y, device=device, dtype=dtype).reshape(shape), drift.nfe
     if denoise:
         with torch.no_grad():
             x = tweedie_denoise(score_fn, sde, x, eps)
@@ -214,22 +222,14 @@ def probability_flow_ode_torchdiffeq(score_fn, sde: SDE, shape, *, eps: float = 
 
     _check_common(shape, None, eps, sde)
     x, device = _start(sde, shape, generator, device, x_init)
-    drift = sde.reverse(score_fn, probability_flow=True).drift
-    nfe = 0
+    drift = CountedDrift(sde.reverse(score_fn, probability_flow=True).drift, max_nfe)
 
     def ode_func(t, x_t):
-        nonlocal nfe
-        nfe += 1
-        if nfe > max_nfe:
-            raise ODEConvergenceError(f"probability-flow ODE needed more than {max_nfe} evaluations "
-                                      f"(rtol={rtol}, atol={atol}); stopped at t={float(t):.4g}")
         # dopri5's first-step heuristic may probe beyond the interval: keep t inside (0, T].
         t = t.clamp(min=eps, max=sde.T)
         out = drift(x_t, t.expand(shape[0]).to(x_t.dtype))
-        if not torch.isfinite(out).all():
-            raise ODEConvergenceError(f"probability-flow ODE drift is not finite at t={float(t):.4g}")
         if callback is not None:
-            callback(nfe - 1, float(t), x_t)
+            callback(drift.nfe - 1, float(t), x_t)
         return out
 
     times = torch.tensor([sde.T, eps], device=device, dtype=x.dtype)
@@ -237,9 +237,8 @@ def probability_flow_ode_torchdiffeq(score_fn, sde: SDE, shape, *, eps: float = 
         try:
             x = odeint(ode_func, x, times, rtol=rtol, atol=atol, method=method)[-1]
         except AssertionError as exc:  # torchdiffeq asserts on step-size underflow / non-finite steps
-            raise ODEConvergenceError(f"probability-flow ODE failed after {nfe} evaluations: {exc}") from exc
-        if not torch.isfinite(x).all():
-            raise ODEConvergenceError(f"probability-flow ODE produced non-finite samples after {nfe} evaluations")
+            raise ODEConvergenceError(f"probability-flow ODE failed after {drift.nfe} evaluations: {exc}") from exc
+        nfe = drift.nfe
         if denoise:
             x, nfe = tweedie_denoise(score_fn, sde, x, eps), nfe + 1
     return SamplerResult(x, nfe)

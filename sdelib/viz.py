@@ -231,6 +231,7 @@ def slider(render: Callable, values, *, label: str, fmt: str = "{}", live: bool 
     # every figure before showing it: interactive_output flushes pyplot's open figures to the
     # cell's own output, outside the slider (a closed figure still displays).
     first = {index: _render_checked(render, values[index])}
+    plt.close(first[index])
 
     def show(i):
         fig = first.pop(i, None) or _render_checked(render, values[i])

@@ -30,7 +30,7 @@ MATHJAX_CDNS = re.compile(r"(cdn\.jsdelivr\.net|cdnjs\.cloudflare\.com|unpkg\.co
                           r"[^\"']*mathjax", re.IGNORECASE)
 BUILD_TIMEOUT_S = 3600
 # A JavaScript error of the Jupyter Book 1 stack itself, not of this book: every page declares
-# sphinx-thebe's `const THEBE_JS_URL` twice (also in a fresh `jupyter-book create` book). It only
+# sphinx-thebe's `const THEBE_JS_URL` twice (also a minimal book with the default config). It only
 # stops thebe's own config script, and thebe is disabled here (_config.yml).
 KNOWN_UPSTREAM_ERRORS = ("Identifier 'THEBE_JS_URL' has already been declared",)
 
@@ -43,8 +43,10 @@ def _skip_or_fail(reason: str):
 
 def _chapters() -> list[str]:
     """The documents of _toc.yml (root first), e.g. 'book/intro'."""
-    toc = (ROOT / "_toc.yml").read_text()
-    return re.findall(r"^\s*(?:root|-\s*file)\s*:\s*(\S+)", toc, flags=re.MULTILINE)
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    entries = toc.get("chapters", []) + [
+        entry for part in toc.get("parts", []) for entry in part.get("chapters", [])]
+    return [toc["root"]] + [entry["file"] for entry in entries]
 
 
 def _jupyter_book() -> str:
