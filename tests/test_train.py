@@ -11,7 +11,7 @@ from sdelib import train as train_module
 from sdelib.data import ring_mixture
 from sdelib.nets import MLPScoreNet, ScoreNet, count_parameters, net_from_config
 from sdelib.sde import GeometricVESDE, SubVPSDE, VESDE, VPSDE
-from sdelib.train import (CheckpointError, export_pretrained, learning_rate, load_checkpoint,
+from sdelib.train import (CheckpointError, ema_decay_at, ema_update, export_pretrained, learning_rate, load_checkpoint,
                           load_pretrained, model_from_checkpoint, save_checkpoint, train)
 
 ALL_SDES = [VESDE(25.0), GeometricVESDE(0.01, 50.0), VPSDE(), SubVPSDE()]
@@ -160,6 +160,23 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert lrs[55] == pytest.approx(5e-4) and lrs[100] == pytest.approx(0.0, abs=1e-12)
     assert learning_rate(50, 100, 1e-3, 10, "constant") == 1e-3
+
+
+def test_ema_with_warm_up_forgets_the_initial_weights():
+    # The weight an EMA still gives the initial weights after K steps is prod_k d_k. Without warm-up,
+    # 0.999 ** 1000 = 0.37; with d_k = min(0.999, (1 + k) / (10 + k)) it is tiny.
+    assert [ema_decay_at(k, 0.999) for k in (0, 1, 8991, 10**6)] == [0.1, 2 / 11, 0.999, 0.999]
+    ema, model = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(ema.weight, 1.0)                 # the "initial weights"
+    torch.nn.init.constant_(model.weight, 0.0)               # every later iterate
+    for k in range(1000):
+        ema_update(ema, model, ema_decay_at(k, 0.999))
+    # prod_{k<1000} d_k, with d_k = (1+k)/(10+k) up to k = 8991 (the telescoping product 9!/(1000...1009))
+    expected = 1.0
+    for k in range(1000):
+        expected *= (1 + k) / (10 + k)
+    assert ema.weight.item() == pytest.approx(expected, rel=1e-4) and expected < 1e-20
+    assert 0.999 ** 1000 > 0.36                              # the negative control: no warm-up
 
 
 def test_load_pretrained_checks_the_hash_and_explains_how_to_retrain(tmp_path, monkeypatch):
