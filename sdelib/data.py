@@ -228,6 +228,26 @@ class GaussianMixture:
         resp = torch.softmax(log_comp, dim=1)
         return (resp[..., None] * comp_scores).sum(1)
 
+    def class_logits(self, x, sde: SDE | None = None, t=None) -> torch.Tensor:
+        """log(w_k N_k,t(x)), (batch, K): the logits of the exact "classifier" p_t(k | x) =
+        softmax(logits)_k, differentiable in x (for classifier guidance with the exact gradient)."""
+        return self._log_components(x, sde, t)[0]
+
+    def condition(self, index: int, value: float) -> "GaussianMixture":
+        """p_0(x_rest | x_index = value): again a Gaussian mixture, over the other D - 1 coordinates.
+        Component k becomes N(mu_r + C_ri / C_ii (value - mu_i), C_rr - C_ri C_ir / C_ii) with weight
+        proportional to w_k N(value; mu_i, C_ii) (Gaussian conditioning, component by component)."""
+        if not 0 <= index < self.dim or self.dim < 2:
+            raise ValueError(f"index must be in 0..{self.dim - 1} of a mixture with D >= 2, got {index}")
+        rest = [j for j in range(self.dim) if j != index]
+        c_ii = self.covs[:, index, index]                                    # (K,)
+        c_ri = self.covs[:, rest, index]                                     # (K, D-1)
+        means = self.means[:, rest] + c_ri / c_ii[:, None] * (value - self.means[:, index])[:, None]
+        covs = self.covs[:, rest][:, :, rest] - c_ri[:, :, None] * c_ri[:, None, :] / c_ii[:, None, None]
+        log_w = (torch.log(self.weights) - 0.5 * torch.log(2 * math.pi * c_ii)
+                 - 0.5 * (value - self.means[:, index]) ** 2 / c_ii)
+        return GaussianMixture(means, covs, torch.softmax(log_w, dim=0))
+
     def score_fn(self, sde: SDE, scale: float = 1.0):
         """A `score_fn(x, t)` for samplers: the exact score of p_t in x's dtype (times `scale`,
         which tests set to e.g. 0.9 as a negative control)."""

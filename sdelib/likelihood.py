@@ -69,13 +69,14 @@ def make_probe(x: torch.Tensor, kind: str, generator=None) -> torch.Tensor:
 def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
                    divergence: str = "gaussian", rtol: float = 1e-5, atol: float = 1e-5,
                    solver: str = "scipy", max_nfe: int = 20_000, generator=None,
-                   prior_logp=None) -> LikelihoodResult:
+                   prior_logp=None, probe: torch.Tensor | None = None) -> LikelihoodResult:
     """log p_0(x) for a batch by the probability-flow ODE from eps to T (eq. (39)).
 
     divergence: 'exact', 'gaussian' or 'rademacher' (Hutchinson, one probe per sample drawn with
     `generator`); solver: 'scipy' (RK45 on one float64 vector, as the tutorial) or 'torchdiffeq'
     (dopri5, batched on x's device and dtype). `prior_logp(z)` defaults to sde.prior_logp; pass the
-    exact log p_T to remove the prior approximation (tests do)."""
+    exact log p_T to remove the prior approximation (tests do). `probe` fixes the Hutchinson probes
+    (shape of x) instead of drawing them, so two solvers can be compared on identical estimates."""
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
     if solver not in ("scipy", "torchdiffeq"):
@@ -86,7 +87,12 @@ def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, {sde.T}), got {eps}")
     drift = sde.reverse(score_fn, probability_flow=True).drift
-    probe = None if divergence == "exact" else make_probe(x, divergence, generator)
+    if divergence == "exact":
+        probe = None
+    elif probe is None:
+        probe = make_probe(x, divergence, generator)
+    elif probe.shape != x.shape:
+        raise ValueError(f"probe has shape {tuple(probe.shape)}, expected {tuple(x.shape)}")
     shape, batch = x.shape, x.shape[0]
 
     def drift_and_divergence(x_t, t_vec):
@@ -132,6 +138,12 @@ def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
     return LikelihoodResult(prior + delta_logp, z, drift_and_div.nfe)
 
 
+class BpdResult(NamedTuple):
+    bpd: torch.Tensor        # (batch,) bits per dimension of each image
+    z: torch.Tensor
+    nfe: int
+
+
 def dequantize(images: torch.Tensor, generator=None) -> torch.Tensor:
     """Uniform dequantisation of [0, 1] images with 256 levels: (255 x + u) / 256, u ~ U(0, 1)."""
     check_unit_images(images)
@@ -154,8 +166,8 @@ def check_unit_images(images: torch.Tensor) -> None:
                          f"[{images.min().item():.3g}, {images.max().item():.3g}]")
 
 
-def image_bpd(score_fn, sde: SDE, images: torch.Tensor, *, generator=None, **kwargs) -> LikelihoodResult:
+def image_bpd(score_fn, sde: SDE, images: torch.Tensor, *, generator=None, **kwargs) -> BpdResult:
     """Bits/dim of [0, 1] images (dequantised with `generator`): returns (bpd per image, z, nfe)."""
     x = dequantize(images, generator)
     result = ode_likelihood(score_fn, sde, x, generator=generator, **kwargs)
-    return LikelihoodResult(bits_per_dim(result.log_p, x[0].numel()), result.z, result.nfe)
+    return BpdResult(bits_per_dim(result.log_p, x[0].numel()), result.z, result.nfe)

@@ -1,7 +1,8 @@
 """Score networks s_theta(x, t) ~ grad_x log p_t(x).
 
 `ScoreNet` is the tutorial's time-conditional U-Net for 1x28x28 images (1,115,425 parameters with
-the default channels); `MLPScoreNet` is a small net for 2-D toy data. Both divide their output by
+the default channels); `MLPScoreNet` is a small net for 2-D toy data. `MNISTClassifier` is not a
+score net: a small CNN whose penultimate features measure sample quality (`metrics`). Both divide their output by
 the SDE's marginal std(t): the score of the perturbation kernel has norm ~ sqrt(D) / std(t), so
 the net only has to predict a quantity of order one (the tutorial's "output / marginal_prob_std").
 Both take the `SDE` they are trained for, and record their settings in `config()` so a checkpoint
@@ -124,13 +125,40 @@ class MLPScoreNet(nn.Module):
                 "embed_dim": self.embed_dim, "scale": self.scale}
 
 
-def net_from_config(net_config: dict, sde_config: dict) -> nn.Module:
-    """Rebuild a score net (untrained) from the settings a checkpoint stores."""
+class MNISTClassifier(nn.Module):
+    """A small CNN for 1x28x28 digits: two 3x3 conv + max-pool blocks (32, 64 channels), a 128-unit
+    hidden layer whose activations are the `features` of the Fréchet distance, and 10 logits."""
+
+    def __init__(self, feature_dim: int = 128):
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, feature_dim), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(feature_dim, 10))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+            raise ValueError(f"MNISTClassifier expects images of shape (batch, 1, 28, 28), got {tuple(x.shape)}")
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def config(self) -> dict:
+        return {"name": "MNISTClassifier", "feature_dim": self.feature_dim}
+
+
+def net_from_config(net_config: dict, sde_config: dict | None) -> nn.Module:
+    """Rebuild a net (untrained) from the settings a checkpoint stores (no SDE for a classifier)."""
     net_config = dict(net_config)
     name = net_config.pop("name")
-    nets = {"ScoreNet": ScoreNet, "MLPScoreNet": MLPScoreNet}
+    nets = {"ScoreNet": ScoreNet, "MLPScoreNet": MLPScoreNet, "MNISTClassifier": MNISTClassifier}
     if name not in nets:
         raise ValueError(f"unknown net {name!r}; choose one of {sorted(nets)}")
+    if name == "MNISTClassifier":
+        return MNISTClassifier(**net_config)
     return nets[name](sde_from_config(sde_config), **net_config)
 
 

@@ -8,14 +8,23 @@ All share one signature,
 - `score_fn(x, t)` is any score: a trained net or an exact score of toy data;
 - time runs from T = 1 down to `eps`; `x_init` (default: a draw from the prior) starts it;
 - `generator` seeds every random draw; the device is the generator's, else `device`, else cpu;
-- `callback(i, t, x)` is called after each step (for trajectories and progress bars);
+- `callback(i, t, x)` is for trajectories and progress bars. Fixed-step samplers call it after
+  each step i with that step's x_mean; the scipy ODE after each *accepted* adaptive step with its
+  state; the torchdiffeq ODE at each drift *evaluation* (torchdiffeq has no step hook, so this
+  includes the Runge–Kutta stages and rejected trial steps, at times that are not monotone);
 - `nfe` counts score evaluations; `denoise=True` adds one Tweedie step at the end (SPEC §3):
   x0_hat = (x + std(eps)^2 s(x, eps)) / m(eps), the posterior mean of x_0, one more evaluation.
 
 Song et al. (2021): Euler–Maruyama on the reverse SDE eq. (6); predictor–corrector Alg. 1 with the
 Langevin corrector Alg. 5 (alpha_i for VP-type SDEs) and the reverse-diffusion predictor eq. (47);
 probability-flow ODE eq. (13) with RK45 (scipy, as the tutorial) or dopri5 (torchdiffeq, batched on
-the device).
+the device); and a few-step deterministic solver of the same ODE, Heun's 2nd-order method on the
+time grid of Karras et al. (2022, "EDM", Alg. 1 and eq. 5), `heun_ode`.
+
+Controllable generation (paper §5, Appendix I): `inpaint` fills unknown pixels by the replacement
+method (EM or PC, the known pixels replaced at every step by the observation diffused to the
+current time), and `classifier_guided_score` adds strength * grad_x log p_t(y | x) of a
+noise-conditional classifier to any score, for any sampler above (eq. 14, with a guidance scale).
 """
 from __future__ import annotations
 
@@ -97,7 +106,9 @@ def euler_maruyama(score_fn, sde: SDE, shape, *, steps: int = 500, eps: float = 
 
         x_mean = x - [f(x, t) - g(t)^2 s(x, t)] dt,    x = x_mean + g(t) sqrt(dt) z,
 
-    returning x_mean of the last step (no noise added at the end), as the tutorial does."""
+    returning x_mean of the last step (no noise added at the end), as the tutorial does. As in
+    the tutorial, step i evaluates at t_i and moves by dt, so the last step (at t = eps) ends
+    nominally at eps - dt: the steps sample [eps, T] on the grid's left end points."""
     _check_common(shape, steps, eps, sde)
     x, device = _start(sde, shape, generator, device, x_init)
     reverse = sde.reverse(score_fn)
@@ -242,3 +253,193 @@ def probability_flow_ode_torchdiffeq(score_fn, sde: SDE, shape, *, eps: float = 
         if denoise:
             x, nfe = tweedie_denoise(score_fn, sde, x, eps), nfe + 1
     return SamplerResult(x, nfe)
+
+
+def scaled_std(sde: SDE, t: torch.Tensor) -> torch.Tensor:
+    """sigma~(t) = std(t) / m(t): the noise level of x / m(t) = x_0 + sigma~(t) z (EDM eq. 4)."""
+    return sde.marginal_std(t) / sde.mean_coeff(t)
+
+
+def time_of_scaled_std(sde: SDE, sigma: torch.Tensor, eps: float, iterations: int = 60) -> torch.Tensor:
+    """The t in [eps, T] with scaled_std(t) = sigma, by bisection (scaled_std increases with t);
+    after 60 halvings the bracket is T 2^-60, below float64 resolution."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    low = torch.full_like(sigma, eps)
+    high = torch.full_like(sigma, sde.T)
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        above = scaled_std(sde, mid) > sigma
+        high, low = torch.where(above, mid, high), torch.where(above, low, mid)
+    return (low + high) / 2
+
+
+def heun_time_grid(sde: SDE, steps: int, eps: float = 1e-3, rho: float = 7.0) -> torch.Tensor:
+    """steps + 1 times from T to eps whose noise levels follow EDM eq. (5):
+    sigma_i = (sigma_max^(1/rho) + i/steps (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
+    with sigma = scaled_std: steps crowd where the noise is small and the score changes fast."""
+    ends = scaled_std(sde, torch.tensor([sde.T, eps], dtype=torch.float64))
+    fraction = torch.arange(steps + 1, dtype=torch.float64) / steps
+    sigma = (ends[0] ** (1 / rho) + fraction * (ends[1] ** (1 / rho) - ends[0] ** (1 / rho))) ** rho
+    times = time_of_scaled_std(sde, sigma, eps)
+    times[0], times[-1] = sde.T, eps                        # exact end points
+    return times
+
+
+@torch.no_grad()
+def heun_ode(score_fn, sde: SDE, shape, *, steps: int = 18, eps: float = 1e-3, rho: float = 7.0,
+             generator=None, callback: Callable | None = None, denoise: bool = False,
+             x_init=None, device=None) -> SamplerResult:
+    """The probability-flow ODE (eq. 13) in `steps` Heun steps (EDM Alg. 1, 2 * steps evaluations).
+
+    It integrates the same ODE written for y = x / m(t) against sigma = std(t) / m(t) (EDM eq. 4),
+    dy/dsigma = -sigma m(t) s(m(t) y, t), which is the probability-flow ODE of every linear SDE here
+    and is close to linear in sigma, so few steps suffice. The times come from `heun_time_grid`."""
+    _check_common(shape, steps, eps, sde)
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    x, device = _start(sde, shape, generator, device, x_init)
+    times64 = heun_time_grid(sde, steps, eps, rho)
+    sigmas64 = scaled_std(sde, times64)
+    times, sigmas = times64.to(device, x.dtype), sigmas64.to(device, x.dtype)
+    means = sde.mean_coeff(times64).to(device, x.dtype)
+
+    def slope(y, i):
+        t_vec = times[i].expand(shape[0])
+        return -sigmas[i] * means[i] * score_fn(means[i] * y, t_vec)
+
+    y = x / means[0]
+    for i in range(steps):
+        h = sigmas[i + 1] - sigmas[i]
+        d = slope(y, i)
+        y_euler = y + h * d
+        y = y + h * (d + slope(y_euler, i + 1)) / 2
+        if callback is not None:
+            callback(i, times[i + 1].item(), means[i + 1] * y)
+    x, nfe = means[-1] * y, 2 * steps
+    if denoise:
+        x, nfe = tweedie_denoise(score_fn, sde, x, eps), nfe + 1
+    return SamplerResult(x, nfe)
+
+
+# ------------------------------------------------------------------------------------------------
+# Controllable generation
+# ------------------------------------------------------------------------------------------------
+def _check_mask(mask: torch.Tensor, observation: torch.Tensor) -> torch.Tensor:
+    mask = torch.as_tensor(mask)
+    if mask.shape != observation.shape and mask.shape != observation.shape[1:]:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}; expected the observation's "
+                         f"{tuple(observation.shape)} or one sample's {tuple(observation.shape[1:])}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("mask must be binary: 1 where the pixel is known, 0 where it is to be filled")
+    return mask.to(observation.device, observation.dtype)
+
+
+@torch.no_grad()
+def inpaint(score_fn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor, *, steps: int = 500,
+            eps: float = 1e-3, snr: float | None = None, corrector_steps: int = 1, generator=None,
+            callback: Callable | None = None, x_init=None) -> SamplerResult:
+    """Fill the pixels where `mask` is 0 given `observation` where it is 1 (the replacement method,
+    Song et al. 2021, Appendix I.2): run the reverse SDE for all pixels and, at the start and after
+    every step, replace the known ones by the observation diffused to that time,
+    m(t) y + std(t) z (fresh z each time). `snr=None` uses Euler–Maruyama steps; a number adds the
+    Langevin corrector of `predictor_corrector` before each step. Returns the known pixels exactly
+    and the last x_mean elsewhere.
+
+    The replacement method is an approximation: the unknown pixels see the known ones only through
+    noisy copies, never the conditional score grad log p_t(x_unknown | y). The book measures its
+    bias on 2-D Gaussians, where the exact conditional is known."""
+    observation = torch.as_tensor(observation)
+    shape = tuple(observation.shape)
+    _check_common(shape, steps, eps, sde)
+    if snr is not None and not snr > 0:
+        raise ValueError(f"snr must be > 0, got {snr}")
+    if not torch.isfinite(observation).all():
+        raise ValueError("observation contains NaN or infinite values")
+    device = generator.device if generator is not None else observation.device
+    observation = observation.to(device)
+    mask = _check_mask(mask, observation)
+    x, _ = _start(sde, shape, generator, device, x_init)
+    x = x.to(observation.dtype)
+    reverse = sde.reverse(score_fn)
+    times = torch.linspace(sde.T, eps, steps, device=device, dtype=x.dtype)
+    dt = (sde.T - eps) / (steps - 1) if steps > 1 else sde.T - eps
+
+    def known_at(t):
+        t_vec = t.expand(shape[0])
+        mean = append_dims(sde.mean_coeff(t_vec), x.ndim) * observation
+        return mean, mean + append_dims(sde.marginal_std(t_vec), x.ndim) * _noise(x, generator)
+
+    x = mask * known_at(times[0])[1] + (1 - mask) * x
+    x_mean, nfe = x, 0
+    for i, t in enumerate(times):
+        t_vec = t.expand(shape[0])
+        if snr is not None:
+            for _ in range(corrector_steps):
+                x = langevin_corrector_step(score_fn, sde, x, t_vec, dt, snr, generator)
+                x = mask * known_at(t)[1] + (1 - mask) * x
+                nfe += 1
+        x_mean = x - reverse.drift(x, t_vec) * dt
+        x = x_mean + append_dims(reverse.diffusion(t_vec), x.ndim) * math.sqrt(dt) * _noise(x, generator)
+        nfe += 1
+        if i + 1 < steps:
+            known_mean, known = known_at(times[i + 1])
+            x = mask * known + (1 - mask) * x
+            x_mean = mask * known_mean + (1 - mask) * x_mean
+        if callback is not None:
+            callback(i, t.item(), x_mean)
+    return SamplerResult(mask * observation + (1 - mask) * x_mean, nfe)
+
+
+def classifier_guided_score(score_fn, classifier, label, strength: float = 1.0, num_classes: int = 10):
+    """s(x, t) + strength * grad_x log p_t(y = label | x): the score of p_t(x | y) (paper eq. 14)
+    for strength 1, sharper for strength > 1 (Dhariwal & Nichol 2021). `classifier(x, t)` returns
+    logits of a classifier trained on noisy x_t (a noise-conditional classifier); `label` is one
+    class or one per sample. Use the result as the `score_fn` of any sampler."""
+    if not strength >= 0:
+        raise ValueError(f"guidance strength must be >= 0, got {strength}")
+    labels = torch.as_tensor(label)
+    if labels.dtype.is_floating_point or labels.ndim > 1:
+        raise ValueError(f"label must be an integer class or a 1-D tensor of them, got {label!r}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"class labels must lie in 0..{num_classes - 1}, got {labels.tolist()}")
+
+    def guided_score(x, t):
+        score = score_fn(x, t)
+        if strength == 0:
+            return score
+        with torch.enable_grad():
+            x_ = x.detach().requires_grad_(True)
+            log_probs = torch.log_softmax(classifier(x_, t), dim=1)
+            chosen = log_probs.gather(1, labels.to(x.device).expand(x.shape[0])[:, None])
+            grad = torch.autograd.grad(chosen.sum(), x_)[0]
+        return score + strength * grad.to(score.dtype)
+
+    return guided_score
+
+
+def replacement_moments(mean, cov, value: float, sde: SDE, *, steps: int, eps: float = 1e-3):
+    """Exact mean and variance of x_1 from `inpaint` (Euler–Maruyama, no corrector) on 2-D Gaussian
+    data N(mean, cov) with x_0 = `value` observed, started from the prior: every step is linear in
+    x_1 with Gaussian noise, so the moments follow a recursion with the sampler's own time grid:
+
+        x1' = x1 - [f_i x1 - g_i^2 s_1] dt + g_i sqrt(dt) z,
+        s_1 = -(P_10 (x0_i - m_i mu_0) + P_11 (x1 - m_i mu_1)),  P = (m_i^2 C + v_i I)^-1,
+
+    where x0_i = m_i value + sqrt(v_i) xi is the replaced (noisy) observation. Compare with the exact
+    conditional N(mu_1 + C_10 / C_00 (value - mu_0), C_11 - C_10^2 / C_00): the difference is the
+    replacement method's bias (float64)."""
+    mean = torch.as_tensor(mean, dtype=torch.float64)
+    cov = torch.as_tensor(cov, dtype=torch.float64)
+    times = torch.linspace(sde.T, eps, steps, dtype=torch.float64)
+    dt = (sde.T - eps) / (steps - 1) if steps > 1 else sde.T - eps
+    m_all, v_all = sde.mean_coeff(times), sde.marginal_std(times) ** 2
+    f_all, g2_all = sde.drift_coeff(times), sde.diffusion(times) ** 2
+    mu1, var1 = 0.0, sde.prior_std ** 2
+    for i in range(steps):
+        m, v, f, g2 = m_all[i].item(), v_all[i].item(), f_all[i].item(), g2_all[i].item()
+        precision = torch.linalg.inv(m ** 2 * cov + v * torch.eye(2, dtype=torch.float64))
+        p10, p11 = precision[1, 0].item(), precision[1, 1].item()
+        keep = 1 - f * dt - g2 * dt * p11
+        mu1 = keep * mu1 - g2 * dt * p10 * m * (value - mean[0].item()) + g2 * dt * p11 * m * mean[1].item()
+        var1 = keep ** 2 * var1 + (g2 * dt * p10) ** 2 * v + (g2 * dt if i + 1 < steps else 0.0)
+    return mu1, var1

@@ -85,7 +85,7 @@ def model_from_checkpoint(path_or_state, use_ema: bool = True, map_location="cpu
     model = net_from_config(state["net"], state["sde"])
     weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
     model.load_state_dict(weights)
-    return model.eval(), model.sde
+    return model.eval(), getattr(model, "sde", None)
 
 
 def sha256_of(path: str | Path) -> str:
@@ -116,7 +116,7 @@ def load_pretrained(name: str = "mnist-ve", map_location="cpu"):
     """The model shipped in `sdelib/checkpoints/<name>.pt` and its SDE, after checking its sha256."""
     path = CHECKPOINT_DIR / f"{name}.pt"
     meta_path = path.with_suffix(".json")
-    retrain = (f"Retrain it with `python -m sdelib.train --sde ve --out {path}` "
+    retrain = (f"Retrain it with `python -m sdelib.train --sde ve --out {name}-train.pt --export {name}` "
                f"(see README), or reinstall sdelib.")
     if not path.exists() or not meta_path.exists():
         available = sorted(p.stem for p in CHECKPOINT_DIR.glob("*.pt"))
@@ -178,7 +178,9 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     """Train `model` (whose output is the score) on `images` by DSM; resume from `checkpoint`.
 
     Returns the final checkpoint dict (model, ema, history, ...). `time_budget` (seconds) and
-    `max_steps` stop early (the state is saved; call again to continue)."""
+    `max_steps` stop early (the state is saved; call again to continue); `max_steps` counts from
+    the start of the run, so a resumed run stops at the same step. `images` are converted to the
+    model's dtype (float32 unless the model was cast)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1 or epochs < 1:
@@ -223,7 +225,9 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
         epoch_loss, epoch_count = 0.0, 0
     gen_state = noise_gen.get_state()  # the state at the start of the next step (what a save stores)
 
-    data = images.to(device)
+    if not torch.is_floating_point(images):
+        raise TypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+    data = images.to(device=device, dtype=next(model.parameters()).dtype)
     step_model = model
     if world > 1:
         step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -302,6 +306,70 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     return state_dict()
 
 
+def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 4,
+                     batch_size: int = 128, lr: float = 1e-3, seed: int = 0, device=None,
+                     test: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     progress: bool = True) -> dict:
+    """Train a classifier (cross-entropy, Adam with cosine decay, the data resident on the device,
+    batches by index as in `train`). Returns a checkpoint dict (format as `train`'s, "sde": None)
+    whose history holds the training loss and, if `test` = (images, labels) is given, the test
+    accuracy after each epoch."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device) if device is not None else default_device()
+    n = images.shape[0]
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    steps_per_epoch = n // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {batch_size} is larger than the dataset ({n} images)")
+    total_steps = epochs * steps_per_epoch
+    model = model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    data, targets = images.to(device, torch.float32), labels.to(device)
+    history, step = [], 0
+    bar = tqdm(total=total_steps, disable=not progress, desc="classifier", unit="step")
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).to(device)
+        start, total_loss = time.monotonic(), 0.0
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total_steps, lr, 0, "cosine")
+            loss = nn.functional.cross_entropy(model(data[idx]), targets[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item()
+            step += 1
+            bar.update(1)
+        entry = {"epoch": epoch, "loss": total_loss / steps_per_epoch, "seconds": time.monotonic() - start}
+        if test is not None:
+            entry["test_accuracy"] = classifier_accuracy(model, *test)
+        bar.set_postfix(entry)
+        history.append(entry)
+    bar.close()
+    model.eval()
+    return {"format": CHECKPOINT_FORMAT, "sde": None, "net": model.config(), "model": model.state_dict(),
+            "ema": None, "history": history, "step": step, "epoch": float(epochs),
+            "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                         "schedule": "cosine", "dataset_size": n}}
+
+
+@torch.no_grad()
+def classifier_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                        batch_size: int = 1000) -> float:
+    """Fraction of `images` whose arg-max class is the label (model in eval mode)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = sum((model(images[i:i + batch_size].to(device)).argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
+                  for i in range(0, len(images), batch_size))
+    model.train(was_training)
+    return correct / len(images)
+
+
 def _check_compatible(state: dict, model: nn.Module, sde: SDE) -> None:
     if state["net"] != model.config():
         raise CheckpointError(f"checkpoint is for net {state['net']}, not {model.config()}")
@@ -316,6 +384,16 @@ def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def run_description(device: torch.device, history: list[dict], argv=None) -> dict:
+    """Machine, command and wall time of a training run, for its exported log."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return {"machine": machine_description(device), "torch": torch.__version__,
+            "command": "python -m sdelib.train " + " ".join(args),
+            "wall_seconds": round(sum(entry["seconds"] for entry in history), 1)}
 
 
 def main(argv=None) -> None:
@@ -337,6 +415,9 @@ def main(argv=None) -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--subset", type=int, default=None, help="train on the first N images only")
     parser.add_argument("--out", required=True, help="checkpoint path (resumed if it exists)")
+    parser.add_argument("--export", default=None, metavar="NAME",
+                        help="when training is complete, export the EMA weights and the training log "
+                             "to sdelib/checkpoints/NAME.pt (loaded by load_pretrained(NAME))")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -357,11 +438,16 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)  # the Fourier features of a new net
     model = ScoreNet(sde)
     try:
-        train(model, sde, images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        state = train(model, sde, images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
               warmup_steps=args.warmup_steps, schedule=args.schedule, ema_decay=args.ema_decay,
               seed=args.seed, device=device, checkpoint=args.out, time_budget=args.time_budget,
               max_steps=args.max_steps, bf16=args.bf16, channels_last=args.channels_last,
               compile=args.compile)
+        complete = state["step"] == args.epochs * (len(images) // args.batch_size)
+        if args.export and complete and _distributed()[0] == 0:
+            log = export_pretrained(args.out, CHECKPOINT_DIR / f"{args.export}.pt",
+                                    extra_log=run_description(device, state["history"], argv))
+            print(f"exported {args.export}: {log['file']} sha256 {log['sha256']}")
     finally:
         if distributed:
             dist.destroy_process_group()

@@ -1,12 +1,18 @@
-"""Tests of sdelib.metrics: the mean ± standard error against numpy, and the held-out DSM loss's
-fixed noise (independent of the batch size) and its value for a model with a known loss."""
+"""Tests of sdelib.metrics: the mean ± standard error against numpy, the held-out DSM loss's
+fixed noise (independent of the batch size) and its value for a model with a known loss, and the
+Fréchet distance against closed forms and an independent matrix square root (scipy)."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from sdelib.metrics import Estimate, dsm_test_loss, mean_and_standard_error
+from scipy import linalg
+
+from sdelib.metrics import (Estimate, bootstrap_standard_error, class_balance, classifier_features,
+                            dsm_test_loss, frechet_distance, frechet_distance_from_moments,
+                            mean_and_standard_error)
+from sdelib.nets import MNISTClassifier
 from sdelib.sde import VESDE
 
 K_SE = 4.0   # 4 standard errors: P(|N(0,1)| > 4) = 6e-5 per check
@@ -83,3 +89,59 @@ def test_dsm_test_loss_of_the_zero_score_is_the_data_dimension():
     assert est.standard_error == pytest.approx(math.sqrt(2 * dim / n), rel=0.075)
     # negative control: a loss 10 % too high (12.6 SE at this n) is outside the band
     assert abs(est.mean - 1.1 * dim) > K_SE * est.standard_error
+
+
+# ---- Fréchet distance -------------------------------------------------------------------------------
+def test_frechet_distance_of_diagonal_gaussians_has_its_closed_form():
+    mu_a, mu_b = torch.tensor([0.0, 1.0, -2.0]), torch.tensor([1.0, 1.0, 0.0])
+    var_a, var_b = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
+    # commuting covariances: |dmu|^2 + sum (sqrt(a) - sqrt(b))^2 = 5 + (4 + 1 + 0)
+    value = frechet_distance_from_moments(mu_a, torch.diag(var_a), mu_b, torch.diag(var_b))
+    assert value == pytest.approx(10.0, abs=1e-12)
+
+
+def test_frechet_distance_with_non_commuting_covariances_matches_scipy_sqrtm():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
+    cov_a, cov_b = a @ a.T + 0.1 * np.eye(5), b @ b.T + 0.1 * np.eye(5)
+    mu_a, mu_b = rng.normal(size=5), rng.normal(size=5)
+    # The textbook form with the (non-symmetric) product's square root, by scipy.
+    reference = (np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b)
+                 - 2 * np.trace(linalg.sqrtm(cov_a @ cov_b)).real)
+    assert frechet_distance_from_moments(mu_a, cov_a, mu_b, cov_b) == pytest.approx(reference, rel=1e-9)
+    assert frechet_distance_from_moments(mu_a, cov_a, mu_a, cov_a) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("shift,should_pass", [(1.0, True), (0.9, False)], ids=["right", "shift-0.9"])
+def test_frechet_distance_of_samples_estimates_the_population_value(shift, should_pass):
+    # N(0, I) against N(shift e, I), e a unit vector: the population distance is shift^2, for the
+    # right shift 1. The plug-in estimate's bias is O(d / n) = 4e-4 here, far below its bootstrap
+    # standard error (~0.03); a shift of 0.9 (distance 0.81) must fail the same 4-SE check.
+    generator = torch.Generator().manual_seed(5)
+    n, d = 10_000, 4
+    a = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    b = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    b[:, 0] += shift
+    estimate = frechet_distance(a, b)
+    se = bootstrap_standard_error(frechet_distance, a, b, n_boot=40)
+    assert 0.01 < se < 0.06                              # theory: sqrt(8 / n) = 0.028
+    assert (abs(estimate - 1.0) < K_SE * se) == should_pass, (estimate, se)
+
+
+def test_frechet_distance_rejects_bad_features():
+    with pytest.raises(ValueError, match="not finite"):
+        frechet_distance(torch.tensor([[0.0, 1.0], [float("nan"), 1.0], [1.0, 2.0]]), torch.randn(3, 2))
+    with pytest.raises(ValueError, match="features must be"):
+        frechet_distance(torch.randn(1, 2), torch.randn(3, 2))
+
+
+def test_classifier_features_reject_images_outside_the_unit_interval_or_of_wrong_shape():
+    classifier = MNISTClassifier().eval()
+    assert classifier_features(classifier, torch.rand(3, 1, 28, 28)).shape == (3, 128)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        classifier_features(classifier, torch.rand(3, 1, 28, 28) * 2)
+    with pytest.raises(ValueError, match="NaN"):
+        classifier_features(classifier, torch.full((3, 1, 28, 28), float("nan")))
+    with pytest.raises(ValueError, match="28, 28"):
+        classifier_features(classifier, torch.rand(3, 1, 32, 32))
+    assert class_balance(classifier, torch.rand(7, 1, 28, 28)).sum().item() == pytest.approx(1.0)

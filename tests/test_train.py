@@ -9,10 +9,11 @@ import torch.multiprocessing as mp
 
 from sdelib import train as train_module
 from sdelib.data import ring_mixture
-from sdelib.nets import MLPScoreNet, ScoreNet, count_parameters, net_from_config
+from sdelib.nets import MLPScoreNet, MNISTClassifier, ScoreNet, count_parameters, net_from_config
 from sdelib.sde import GeometricVESDE, SubVPSDE, VESDE, VPSDE
 from sdelib.train import (CheckpointError, ema_decay_at, ema_update, export_pretrained, learning_rate, load_checkpoint,
-                          load_pretrained, model_from_checkpoint, save_checkpoint, train)
+                          load_pretrained, model_from_checkpoint, save_checkpoint, train,
+                          train_classifier)
 
 ALL_SDES = [VESDE(25.0), GeometricVESDE(0.01, 50.0), VPSDE(), SubVPSDE()]
 
@@ -193,6 +194,66 @@ def test_load_pretrained_checks_the_hash_and_explains_how_to_retrain(tmp_path, m
         load_pretrained("toy")
     with pytest.raises(CheckpointError, match="no shipped checkpoint 'nothing'"):
         load_pretrained("nothing")
+
+
+def test_cli_stops_on_budget_resumes_and_exports_only_a_complete_run(tmp_path, monkeypatch):
+    import sdelib.data
+
+    images = torch.rand(48, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(sdelib.data, "load_mnist", lambda split: (images, torch.zeros(48, dtype=torch.long)))
+    monkeypatch.setattr(train_module, "CHECKPOINT_DIR", tmp_path / "shipped")
+    argv = ["--epochs", "2", "--batch-size", "16", "--warmup-steps", "1", "--device", "cpu",
+            "--out", str(tmp_path / "run.pt"), "--export", "tiny"]
+    train_module.main(argv + ["--max-steps", "4"])            # stopped at step 4 of 6: not exported
+    assert load_checkpoint(tmp_path / "run.pt")["step"] == 4
+    assert not (tmp_path / "shipped" / "tiny.pt").exists()
+    train_module.main(argv)                                   # resumed to the end: exported
+    log = json.loads((tmp_path / "shipped" / "tiny.json").read_text())
+    assert log["steps"] == 6 and len(log["history"]) == 2 and "CPU" in log["machine"]
+    assert log["command"].startswith("python -m sdelib.train --epochs 2")
+    assert log["wall_seconds"] == pytest.approx(sum(e["seconds"] for e in log["history"]), abs=0.1)
+    model, sde = load_pretrained("tiny")
+    assert sde.name == "ve" and count_parameters(model) == 1_115_425
+
+
+def test_train_rejects_integer_images(tmp_path):
+    with pytest.raises(TypeError, match="floating point"):
+        train(MLPScoreNet(VESDE(10.0)), VESDE(10.0), torch.zeros(32, 2, dtype=torch.uint8), epochs=1,
+              batch_size=16, device="cpu", progress=False)
+
+
+def _halves(n, seed):
+    """Images whose label says which half (top 0 / bottom 1) is brighter, under heavy pixel noise."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=generator)
+    images = torch.rand(n, 1, 28, 28, generator=generator) * 0.8
+    for i, label in enumerate(labels.tolist()):
+        images[i, :, 14 * label:14 * label + 14] += 0.2
+    return images, labels
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["true-labels", "shuffled-labels"])
+def test_classifier_learns_a_rule_and_not_shuffled_labels(tmp_path, shuffle):
+    images, labels = _halves(512, 0)
+    if shuffle:                                             # negative control: nothing to learn
+        labels = labels[torch.randperm(512, generator=torch.Generator().manual_seed(1))]
+    test = _halves(400, 2)
+    torch.manual_seed(0)
+    state = train_classifier(MNISTClassifier(), images, labels, epochs=3, batch_size=32, device="cpu",
+                             test=test, progress=False)
+    accuracy = state["history"][-1]["test_accuracy"]
+    # 400 held-out images: the SE of an accuracy near 1/2 is 0.025, so chance lies in [0.4, 0.6]
+    # at 4 SE; the rule is learnable to ~100 %.
+    assert (accuracy > 0.95) if not shuffle else (0.4 < accuracy < 0.6), accuracy
+    save_checkpoint(state, tmp_path / "classifier.pt")
+    model, sde = model_from_checkpoint(tmp_path / "classifier.pt")
+    assert sde is None and torch.equal(model(test[0][:5]), state_model_logits(state, test[0][:5]))
+
+
+def state_model_logits(state, images):
+    model = MNISTClassifier()
+    model.load_state_dict(state["model"])
+    return model.eval()(images)
 
 
 # ---- distributed: 2 CPU processes (gloo) compute exactly the single-process run ------------------

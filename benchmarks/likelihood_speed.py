@@ -1,0 +1,111 @@
+"""Bits/dim of MNIST test images by the probability-flow ODE: the tutorial's path against sdelib's.
+
+    python benchmarks/likelihood_speed.py [--compare 256] [--subset 1000] [--batch 500] [--threads 2]
+
+- Comparison (`--compare` images): the tutorial's path, scipy RK45 on batches of 32 in float64
+  (`ode_likelihood(..., solver="scipy")`), and the fast path, torchdiffeq dopri5 on one large batch
+  on the device (`solver="torchdiffeq"`), with the same rtol = atol = 1e-5, the same dequantised
+  images and the same Gaussian Hutchinson probe per image. Prints images/s of each, the ratio, and
+  the bpd of each (they must agree within 0.01 bpd).
+- Evaluation (`--subset` images, first of the test set; the full 10k with a GPU): the fast path's
+  bpd, mean ± standard error.
+Writes benchmarks/results/likelihood_speed.json (machine, command, date, and the figures above:
+bpd_mean, bpd_standard_error, n, ...). The likelihood chapter reads it.
+"""
+import argparse
+import datetime
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sdelib.data import load_mnist
+from sdelib.likelihood import bits_per_dim, dequantize, make_probe, ode_likelihood
+from sdelib.metrics import mean_and_standard_error
+from sdelib.train import default_device, load_pretrained, machine_description
+
+RESULTS = Path(__file__).parent / "results" / "likelihood_speed.json"
+TOLERANCE = dict(rtol=1e-5, atol=1e-5, eps=1e-5)
+
+
+def bpd_of(model, sde, x, probe, solver, batch, device, dtype, desc):
+    """bpd of the dequantised images x with fixed probes, in batches, and the seconds it took."""
+    out, start = [], time.perf_counter()
+    for i in tqdm(range(0, len(x), batch), desc=desc, unit="batch"):
+        part = slice(i, i + batch)
+        result = ode_likelihood(model, sde, x[part].to(device, dtype), probe=probe[part].to(device, dtype),
+                                solver=solver, **TOLERANCE)
+        out.append(bits_per_dim(result.log_p, x[0].numel()).cpu())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return torch.cat(out), time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--compare", type=int, default=256, help="images for the scipy vs fast comparison")
+    parser.add_argument("--subset", type=int, default=1000, help="test images for the bpd estimate (10000: all)")
+    parser.add_argument("--batch", type=int, default=500, help="batch of the fast path")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = default_device()
+    model, sde = load_pretrained("mnist-ve", map_location=device)
+    images, _ = load_mnist("test")
+    n = max(args.compare, args.subset)
+    generator = torch.Generator().manual_seed(args.seed)
+    x = dequantize(images[:n], generator)                     # one dequantisation ...
+    probe = make_probe(x, "gaussian", generator)              # ... and one probe per image, shared
+
+    compare = slice(0, args.compare)
+    scipy_bpd, scipy_seconds = bpd_of(model, sde, x[compare], probe[compare], "scipy", 32, device,
+                                      torch.float32, "scipy RK45, batch 32")
+    fast_bpd, fast_seconds = bpd_of(model, sde, x[compare], probe[compare], "torchdiffeq", args.batch,
+                                    device, torch.float32, f"torchdiffeq, batch {args.batch}")
+    difference = (fast_bpd.mean() - scipy_bpd.mean()).item()
+    report = {
+        "machine": machine_description(device), "device": str(device), "torch": torch.__version__,
+        "command": "python benchmarks/likelihood_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": datetime.date.today().isoformat(), "model": "mnist-ve", "tolerances": TOLERANCE,
+        "comparison": {
+            "n": args.compare,
+            "scipy": {"images_per_s": args.compare / scipy_seconds, "seconds": scipy_seconds,
+                      "bpd_mean": scipy_bpd.mean().item(), "batch": 32},
+            "fast": {"images_per_s": args.compare / fast_seconds, "seconds": fast_seconds,
+                     "bpd_mean": fast_bpd.mean().item(), "batch": args.batch},
+            "ratio": scipy_seconds / fast_seconds,
+            "bpd_difference": difference,
+            "max_abs_bpd_difference_per_image": (fast_bpd - scipy_bpd).abs().max().item(),
+        },
+    }
+    print(f"scipy {args.compare / scipy_seconds:.2f} img/s, fast {args.compare / fast_seconds:.2f} img/s: "
+          f"ratio {scipy_seconds / fast_seconds:.2f}; bpd {scipy_bpd.mean():.4f} vs {fast_bpd.mean():.4f} "
+          f"(difference {difference:+.4f})")
+
+    rest = slice(args.compare, args.subset)
+    extra, extra_seconds = (bpd_of(model, sde, x[rest], probe[rest], "torchdiffeq", args.batch, device,
+                                   torch.float32, "subset") if args.subset > args.compare else (torch.empty(0), 0.0))
+    subset_bpd = torch.cat([fast_bpd, extra])[:args.subset]
+    estimate = mean_and_standard_error(subset_bpd)
+    report.update({"bpd_mean": estimate.mean, "bpd_standard_error": estimate.standard_error, "n": estimate.n,
+                   "subset": f"the first {estimate.n} MNIST test images",
+                   "subset_seconds": fast_seconds * min(1.0, args.subset / args.compare) + extra_seconds,
+                   "tutorial_bpd": {"value": 1.66, "n": 512}})
+    print(f"bpd on the first {estimate.n} test images: {estimate}")
+    if abs(difference) > 0.01:
+        report["warning"] = "scipy and fast paths disagree by more than 0.01 bpd"
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {RESULTS}")
+    if abs(difference) > 0.01:
+        sys.exit(f"scipy and fast bpd differ by {difference:+.4f} > 0.01")
+
+
+if __name__ == "__main__":
+    main()

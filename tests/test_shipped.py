@@ -1,0 +1,82 @@
+"""The models shipped inside sdelib: they load, match their sha256, and are as good as their logs say.
+
+These tests read real MNIST (fetched by `sdelib.data` on a fresh machine, as the book does) and run
+the shipped nets on a few hundred test images on the CPU (a few seconds)."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sdelib.data import load_mnist
+from sdelib.metrics import (class_balance, classifier_features, dsm_test_loss, frechet_distance,
+                            mean_and_standard_error)
+from sdelib.losses import dsm_loss
+from sdelib.nets import ScoreNet
+from sdelib.train import CHECKPOINT_DIR, classifier_accuracy, load_pretrained, sha256_of
+
+K = 4.0          # standard errors
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    images, labels = load_mnist("test")
+    return images, labels
+
+
+def test_shipped_score_model_is_the_logged_file_and_meets_the_loss_bound(test_images):
+    log = json.loads((CHECKPOINT_DIR / "mnist-ve.json").read_text())
+    assert sha256_of(CHECKPOINT_DIR / "mnist-ve.pt") == log["sha256"]
+    assert log["steps"] == log["settings"]["epochs"] * (log["settings"]["dataset_size"] // log["settings"]["batch_size"])
+    assert len(log["history"]) == log["settings"]["epochs"] and log["machine"] and log["wall_seconds"] > 0
+    model, sde = load_pretrained("mnist-ve")
+    assert sde.config() == {"name": "ve", "sigma": 25.0}
+    images = test_images[0][:256]
+    with torch.no_grad():
+        loss = dsm_test_loss(model, sde, images, seed=0)
+    # The issue's bound is 18.0 on 2,048 images (the shipped log: see the note); on these 256 the
+    # estimate must be consistent with it at K standard errors.
+    assert loss.mean < 18.0 + K * loss.standard_error, loss
+    # Negative controls on the same t and z (paired): an untrained net and the model's score
+    # scaled by 0.9 are far above the bound.
+    generator = torch.Generator().manual_seed(0)
+    t = torch.rand(256, generator=generator) * (1 - 1e-5) + 1e-5
+    z = torch.randn(images.shape, generator=generator)
+    torch.manual_seed(0)
+    untrained = ScoreNet(sde).eval()
+    with torch.no_grad():
+        for broken in (untrained, lambda x, t_: 0.9 * model(x, t_)):
+            broken_loss = mean_and_standard_error(dsm_loss(broken, sde, images, t=t, z=z, reduce=False))
+            assert broken_loss.mean > 18.0 + K * loss.standard_error + K * broken_loss.standard_error, broken_loss
+
+
+def blur(images):
+    """A 5x5 Gaussian blur (std 1 pixel): digits still legible, strokes soft."""
+    grid = torch.arange(5.0) - 2
+    kernel = torch.exp(-grid ** 2 / 2)
+    kernel = (kernel[:, None] * kernel[None, :]) / kernel.sum() ** 2
+    return F.conv2d(images, kernel[None, None], padding=2).clamp(0, 1)
+
+
+def test_shipped_classifier_is_accurate_and_its_frechet_distance_orders_image_quality(test_images):
+    log = json.loads((CHECKPOINT_DIR / "mnist-classifier.json").read_text())
+    assert sha256_of(CHECKPOINT_DIR / "mnist-classifier.pt") == log["sha256"] and log["test_accuracy"] >= 0.99
+    classifier, sde = load_pretrained("mnist-classifier")
+    images, labels = test_images
+    assert sde is None
+    accuracy = classifier_accuracy(classifier, images[:2000], labels[:2000])
+    # >= 99 % on all 10k (the log); on these 2,000 within K SE of 0.99 (SE ~ 0.0022).
+    assert accuracy > 0.99 - K * math.sqrt(0.99 * 0.01 / 2000), accuracy
+    real = classifier_features(classifier, images)
+    first, second = real[:5000], real[5000:]
+    blurred = classifier_features(classifier, blur(images[5000:]))
+    noise = classifier_features(classifier, torch.rand(5000, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+    real_vs_real = frechet_distance(first, second)
+    real_vs_blurred = frechet_distance(first, blurred)
+    real_vs_noise = frechet_distance(first, noise)
+    assert real_vs_real < 0.1 * real_vs_blurred, (real_vs_real, real_vs_blurred)
+    assert real_vs_noise > 5 * real_vs_blurred, (real_vs_noise, real_vs_blurred)
+    balance = class_balance(classifier, images)
+    true_balance = torch.bincount(labels, minlength=10).double() / len(labels)
+    assert (balance - true_balance).abs().max() < 0.005
