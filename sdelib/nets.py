@@ -2,7 +2,8 @@
 
 `ScoreNet` is the tutorial's time-conditional U-Net for 1x28x28 images (1,115,425 parameters with
 the default channels); `MLPScoreNet` is a small net for 2-D toy data. `MNISTClassifier` is not a
-score net: a small CNN whose penultimate features measure sample quality (`metrics`). Both divide their output by
+score net: a small CNN whose penultimate features measure sample quality (`metrics`);
+`NoiseConditionalClassifier` classifies noisy x_t for classifier guidance (`samplers`). Both divide their output by
 the SDE's marginal std(t): the score of the perturbation kernel has norm ~ sqrt(D) / std(t), so
 the net only has to predict a quantity of order one (the tutorial's "output / marginal_prob_std").
 Both take the `SDE` they are trained for, and record their settings in `config()` so a checkpoint
@@ -150,11 +151,43 @@ class MNISTClassifier(nn.Module):
         return {"name": "MNISTClassifier", "feature_dim": self.feature_dim}
 
 
+class NoiseConditionalClassifier(nn.Module):
+    """p_t(y | x_t) for classifier guidance: MNISTClassifier's layers, with the input scaled by
+    1 / sqrt(m(t)^2 + std(t)^2) (unit scale at every t for [0, 1] data) and ScoreNet's Fourier time
+    embedding added to every block; GroupNorm, as noisy batches mix noise levels."""
+
+    def __init__(self, sde: SDE, embed_dim: int = 128, num_classes: int = 10):
+        super().__init__()
+        self.sde, self.embed_dim, self.num_classes = sde, embed_dim, num_classes
+        self.embed = nn.Sequential(GaussianFourierProjection(embed_dim, 16.0), nn.Linear(embed_dim, embed_dim))
+        self.conv1, self.dense1, self.norm1 = nn.Conv2d(1, 32, 3, padding=1), Dense(embed_dim, 32), nn.GroupNorm(4, 32)
+        self.conv2, self.dense2, self.norm2 = nn.Conv2d(32, 64, 3, padding=1), Dense(embed_dim, 64), nn.GroupNorm(8, 64)
+        self.fc, self.dense3 = nn.Linear(64 * 7 * 7, 128), nn.Linear(embed_dim, 128)
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+            raise ValueError(f"NoiseConditionalClassifier expects (batch, 1, 28, 28), got {tuple(x.shape)}")
+        _check_batch(x, t)
+        t = t.expand(x.shape[0]) if t.ndim == 1 and t.shape[0] == 1 else t
+        scale = torch.rsqrt(self.sde.mean_coeff(t) ** 2 + self.sde.marginal_std(t) ** 2)
+        h = x * append_dims(scale, x.ndim).to(x.dtype)
+        embed = swish(self.embed(t.to(x.dtype)))
+        h = nn.functional.max_pool2d(swish(self.norm1(self.conv1(h) + self.dense1(embed))), 2)
+        h = nn.functional.max_pool2d(swish(self.norm2(self.conv2(h) + self.dense2(embed))), 2)
+        h = swish(self.fc(h.flatten(1)) + self.dense3(embed))
+        return self.head(h)
+
+    def config(self) -> dict:
+        return {"name": "NoiseConditionalClassifier", "embed_dim": self.embed_dim, "num_classes": self.num_classes}
+
+
 def net_from_config(net_config: dict, sde_config: dict | None) -> nn.Module:
     """Rebuild a net (untrained) from the settings a checkpoint stores (no SDE for a classifier)."""
     net_config = dict(net_config)
     name = net_config.pop("name")
-    nets = {"ScoreNet": ScoreNet, "MLPScoreNet": MLPScoreNet, "MNISTClassifier": MNISTClassifier}
+    nets = {"ScoreNet": ScoreNet, "MLPScoreNet": MLPScoreNet, "MNISTClassifier": MNISTClassifier,
+            "NoiseConditionalClassifier": NoiseConditionalClassifier}
     if name not in nets:
         raise ValueError(f"unknown net {name!r}; choose one of {sorted(nets)}")
     if name == "MNISTClassifier":

@@ -36,7 +36,7 @@ from torch import nn
 
 from .losses import dsm_loss
 from .nets import ScoreNet, net_from_config
-from .sde import SDE, make_sde, sde_from_config
+from .sde import SDE, append_dims, make_sde, sde_from_config
 
 CHECKPOINT_FORMAT = "sdelib-checkpoint-v1"
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
@@ -308,12 +308,14 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
 
 def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 4,
                      batch_size: int = 128, lr: float = 1e-3, seed: int = 0, device=None,
-                     test: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     progress: bool = True) -> dict:
+                     test: tuple[torch.Tensor, torch.Tensor] | None = None, sde: SDE | None = None,
+                     eps: float = 1e-3, progress: bool = True) -> dict:
     """Train a classifier (cross-entropy, Adam with cosine decay, the data resident on the device,
-    batches by index as in `train`). Returns a checkpoint dict (format as `train`'s, "sde": None)
-    whose history holds the training loss and, if `test` = (images, labels) is given, the test
-    accuracy after each epoch."""
+    batches by index as in `train`). Returns a checkpoint dict (format as `train`'s) whose history
+    holds the training loss and, if `test` = (images, labels) is given, the test accuracy after
+    each epoch. With `sde` the classifier is noise-conditional, `model(x_t, t)`: each image is
+    perturbed to x_t = m(t) x_0 + std(t) z with t ~ U(eps, 1), as in DSM; test accuracy is then
+    reported on clean (t = eps) and on half-noised (t = 0.5) test images."""
     from tqdm.auto import tqdm
 
     device = torch.device(device) if device is not None else default_device()
@@ -328,6 +330,7 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     data, targets = images.to(device, torch.float32), labels.to(device)
     history, step = [], 0
+    noise = torch.Generator(device=device).manual_seed(seed)
     bar = tqdm(total=total_steps, disable=not progress, desc="classifier", unit="step")
     for epoch in range(epochs):
         model.train()
@@ -337,7 +340,13 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
             idx = perm[i * batch_size:(i + 1) * batch_size]
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, lr, 0, "cosine")
-            loss = nn.functional.cross_entropy(model(data[idx]), targets[idx])
+            if sde is None:
+                logits = model(data[idx])
+            else:
+                t = torch.rand(len(idx), generator=noise, device=device) * (sde.T - eps) + eps
+                x_t, _ = _perturb(sde, data[idx], t, noise)
+                logits = model(x_t, t)
+            loss = nn.functional.cross_entropy(logits, targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -345,27 +354,50 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
             step += 1
             bar.update(1)
         entry = {"epoch": epoch, "loss": total_loss / steps_per_epoch, "seconds": time.monotonic() - start}
-        if test is not None:
+        if test is not None and sde is None:
             entry["test_accuracy"] = classifier_accuracy(model, *test)
+        elif test is not None:
+            entry["test_accuracy"] = classifier_accuracy(model, *test, t=eps)
+            entry["test_accuracy_t0.5"] = classifier_accuracy(model, *test, t=0.5, sde=sde, seed=seed)
         bar.set_postfix(entry)
         history.append(entry)
     bar.close()
     model.eval()
-    return {"format": CHECKPOINT_FORMAT, "sde": None, "net": model.config(), "model": model.state_dict(),
+    return {"format": CHECKPOINT_FORMAT, "sde": sde.config() if sde is not None else None,
+            "net": model.config(), "model": model.state_dict(),
             "ema": None, "history": history, "step": step, "epoch": float(epochs),
             "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                          "schedule": "cosine", "dataset_size": n}}
 
 
+def _perturb(sde: SDE, x0: torch.Tensor, t: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t = m(t) x_0 + std(t) z, and z."""
+    z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    mean, std = sde.marginal_prob(x0, t)
+    return mean + append_dims(std, x0.ndim) * z, z
+
+
 @torch.no_grad()
-def classifier_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                        batch_size: int = 1000) -> float:
-    """Fraction of `images` whose arg-max class is the label (model in eval mode)."""
+def classifier_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, t: float | None = None,
+                        sde: SDE | None = None, seed: int = 0, batch_size: int = 1000) -> float:
+    """Fraction of `images` whose arg-max class is the label (model in eval mode). For a
+    noise-conditional model pass `t`; with `sde` too, the images are first perturbed to x_t
+    (noise from `seed`), else they are fed as they are at time t."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    correct = sum((model(images[i:i + batch_size].to(device)).argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
-                  for i in range(0, len(images), batch_size))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        if t is None:
+            logits = model(x)
+        else:
+            t_vec = torch.full((len(x),), float(t), device=device)
+            if sde is not None:
+                x, _ = _perturb(sde, x, t_vec, generator)
+            logits = model(x, t_vec)
+        correct += (logits.argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
     model.train(was_training)
     return correct / len(images)
 

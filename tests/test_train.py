@@ -9,11 +9,11 @@ import torch.multiprocessing as mp
 
 from sdelib import train as train_module
 from sdelib.data import ring_mixture
-from sdelib.nets import MLPScoreNet, MNISTClassifier, ScoreNet, count_parameters, net_from_config
+from sdelib.nets import MLPScoreNet, MNISTClassifier, NoiseConditionalClassifier, ScoreNet, count_parameters, net_from_config
 from sdelib.sde import GeometricVESDE, SubVPSDE, VESDE, VPSDE
 from sdelib.train import (CheckpointError, ema_decay_at, ema_update, export_pretrained, learning_rate, load_checkpoint,
                           load_pretrained, model_from_checkpoint, save_checkpoint, train,
-                          train_classifier)
+                          train_classifier, classifier_accuracy)
 
 ALL_SDES = [VESDE(25.0), GeometricVESDE(0.01, 50.0), VPSDE(), SubVPSDE()]
 
@@ -248,6 +248,23 @@ def test_classifier_learns_a_rule_and_not_shuffled_labels(tmp_path, shuffle):
     save_checkpoint(state, tmp_path / "classifier.pt")
     model, sde = model_from_checkpoint(tmp_path / "classifier.pt")
     assert sde is None and torch.equal(model(test[0][:5]), state_model_logits(state, test[0][:5]))
+
+
+def test_noise_conditional_classifier_learns_the_rule_until_the_noise_hides_it(tmp_path):
+    sde = VESDE(25.0)
+    images, labels = _halves(512, 0)
+    test = _halves(400, 2)
+    torch.manual_seed(0)
+    state = train_classifier(NoiseConditionalClassifier(sde), images, labels, epochs=4, batch_size=32,
+                             device="cpu", test=test, sde=sde, progress=False)
+    model, model_sde = model_from_checkpoint(state)
+    assert model_sde.config() == sde.config()
+    clean = classifier_accuracy(model, *test, t=1e-3)
+    # A brightness difference of 0.2 per half (14 x 28 pixels) is visible at small noise and hidden
+    # at t = 1 (std ~ 10): the sum over a half differs by 78, its noise std is 10 sqrt(392) ~ 200.
+    hidden = classifier_accuracy(model, *test, t=1.0, sde=sde)
+    assert clean > 0.95 and 0.4 < hidden < 0.75, (clean, hidden)
+    assert state["history"][-1]["test_accuracy"] == clean
 
 
 def state_model_logits(state, images):

@@ -1,0 +1,118 @@
+"""Samplers compared by sample quality per network evaluation, on the shipped MNIST model.
+
+    python benchmarks/samplers.py [--n 1000] [--quick] [--threads 2]
+
+For each sampler setting: n samples from the shipped `mnist-ve` model (clipped to [0, 1]), their
+Fréchet distance to the MNIST test set in the features of the shipped evaluation classifier
+(`metrics.frechet_distance`, not Inception FID), its bootstrap standard error, the classifier's
+class balance of the samples, NFE and wall time. Settings: Euler–Maruyama, predictor–corrector
+(snr 0.075, 0.16, 0.2), the adaptive RK45 probability-flow ODE and the few-step Heun solver at
+several NFE (~10 to 1000). `--quick` runs a small subset (for a CPU session).
+Writes benchmarks/results/samplers.json and samplers.png; the chapter "Which sampler should I use?"
+reads them.
+"""
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from sdelib.data import load_mnist
+from sdelib.metrics import bootstrap_standard_error, class_balance, classifier_features, frechet_distance
+from sdelib.samplers import euler_maruyama, heun_ode, predictor_corrector, probability_flow_ode_torchdiffeq
+from sdelib.train import default_device, load_pretrained, machine_description
+
+RESULTS = Path(__file__).parent / "results"
+
+FULL = [("Euler–Maruyama", euler_maruyama, dict(steps=s)) for s in (10, 25, 50, 100, 250, 500)] + \
+       [("predictor–corrector", predictor_corrector, dict(steps=s, snr=r))
+        for r in (0.075, 0.16, 0.2) for s in (25, 100, 500)] + \
+       [("RK45 ODE", probability_flow_ode_torchdiffeq, dict(rtol=tol, atol=tol)) for tol in (1e-3, 1e-5)] + \
+       [("Heun ODE", heun_ode, dict(steps=s)) for s in (5, 10, 18, 25, 50)]
+QUICK = [("Euler–Maruyama", euler_maruyama, dict(steps=s)) for s in (25, 100, 500)] + \
+        [("predictor–corrector", predictor_corrector, dict(steps=s, snr=0.16)) for s in (25, 100)] + \
+        [("RK45 ODE", probability_flow_ode_torchdiffeq, dict(rtol=1e-3, atol=1e-3))] + \
+        [("Heun ODE", heun_ode, dict(steps=s)) for s in (5, 10, 25)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="samples per setting")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--quick", action="store_true", help="a small sweep for a CPU session")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = default_device()
+    model, sde = load_pretrained("mnist-ve", map_location=device)
+    classifier, _ = load_pretrained("mnist-classifier", map_location=device)
+    test_images, _ = load_mnist("test")
+    reference = classifier_features(classifier, test_images)
+    bootstrap = torch.Generator().manual_seed(args.seed)
+    rows = []
+    for name, sampler, settings in (QUICK if args.quick else FULL):
+        parts, nfe, start = [], 0, time.perf_counter()
+        for i, first in enumerate(range(0, args.n, args.batch)):
+            size = min(args.batch, args.n - first)
+            generator = torch.Generator(device=device).manual_seed(args.seed * 1000 + i)
+            with torch.no_grad():
+                result = sampler(model, sde, (size, 1, 28, 28), generator=generator, **settings)
+            parts.append(result.samples.float().clamp(0, 1).cpu())
+            nfe = result.nfe
+        seconds = time.perf_counter() - start
+        samples = torch.cat(parts)
+        features = classifier_features(classifier, samples)
+        distance = frechet_distance(features, reference)
+        se = bootstrap_standard_error(frechet_distance, features, reference, n_boot=20, generator=bootstrap)
+        balance = class_balance(classifier, samples)
+        row = {"sampler": name, "settings": settings, "nfe": nfe, "n": args.n, "frechet": distance,
+               "frechet_standard_error": se, "seconds": seconds, "class_balance": balance.tolist()}
+        rows.append(row)
+        print(f"{name:20s} {json.dumps(settings):36s} NFE {nfe:5d}  FD {distance:8.3f} ± {se:.3f}  "
+              f"{seconds:7.1f} s  classes {balance.min():.3f}-{balance.max():.3f}", flush=True)
+        save(rows, args, device, argv)
+    save(rows, args, device, argv, plot=True)
+
+
+def save(rows, args, device, argv, plot=False):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report = {"machine": machine_description(device), "torch": torch.__version__,
+              "command": "python benchmarks/samplers.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "date": datetime.date.today().isoformat(), "model": "mnist-ve",
+              "features": "penultimate layer (128) of the shipped mnist-classifier", "rows": rows,
+              "reference": f"the 10,000 MNIST test images"}
+    (RESULTS / "samplers.json").write_text(json.dumps(report, indent=1) + "\n")
+    if plot:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name in dict.fromkeys(r["sampler"] for r in rows):
+            group = [r for r in rows if r["sampler"] == name]
+            for label, sub in _split(name, group):
+                ax.errorbar([r["nfe"] for r in sub], [r["frechet"] for r in sub],
+                            yerr=[2 * r["frechet_standard_error"] for r in sub], fmt="o-", capsize=3, label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("network evaluations (NFE)")
+        ax.set_ylabel("Fréchet distance to MNIST test (± 2 SE)")
+        ax.set_title(f"sample quality per NFE, {rows[0]['n']} samples each")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(RESULTS / "samplers.png", dpi=120)
+
+
+def _split(name, group):
+    if name != "predictor–corrector":
+        return [(name, group)]
+    snrs = dict.fromkeys(r["settings"]["snr"] for r in group)
+    return [(f"PC, snr {snr}", [r for r in group if r["settings"]["snr"] == snr]) for snr in snrs]
+
+
+if __name__ == "__main__":
+    main()
