@@ -86,6 +86,12 @@ def _start(sde: SDE, shape, generator, device, x_init):
     return sde.prior_sampling(shape, generator=generator, device=device), device
 
 
+def _time_grid(sde: SDE, steps: int, eps: float, device=None, dtype=torch.float32):
+    """The fixed-step samplers' times t_i = linspace(T, eps, steps) and step dt = t_0 - t_1."""
+    times = torch.linspace(sde.T, eps, steps, device=device, dtype=dtype)
+    return times, ((sde.T - eps) / (steps - 1) if steps > 1 else sde.T - eps)
+
+
 def _noise(x, generator):
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
@@ -112,8 +118,7 @@ def euler_maruyama(score_fn, sde: SDE, shape, *, steps: int = 500, eps: float = 
     _check_common(shape, steps, eps, sde)
     x, device = _start(sde, shape, generator, device, x_init)
     reverse = sde.reverse(score_fn)
-    times = torch.linspace(sde.T, eps, steps, device=device, dtype=x.dtype)
-    dt = (sde.T - eps) / (steps - 1) if steps > 1 else sde.T - eps
+    times, dt = _time_grid(sde, steps, eps, device, x.dtype)
     x_mean = x
     for i, t in enumerate(times):
         t_vec = t.expand(shape[0])
@@ -158,8 +163,7 @@ def predictor_corrector(score_fn, sde: SDE, shape, *, steps: int = 500, snr: flo
         raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
     x, device = _start(sde, shape, generator, device, x_init)
     reverse = sde.reverse(score_fn)
-    times = torch.linspace(sde.T, eps, steps, device=device, dtype=x.dtype)
-    dt = (sde.T - eps) / (steps - 1) if steps > 1 else sde.T - eps
+    times, dt = _time_grid(sde, steps, eps, device, x.dtype)
     x_mean = x
     for i, t in enumerate(times):
         t_vec = t.expand(shape[0])
@@ -361,8 +365,7 @@ def inpaint(score_fn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor, *
     x, _ = _start(sde, shape, generator, device, x_init)
     x = x.to(observation.dtype)
     reverse = sde.reverse(score_fn)
-    times = torch.linspace(sde.T, eps, steps, device=device, dtype=x.dtype)
-    dt = (sde.T - eps) / (steps - 1) if steps > 1 else sde.T - eps
+    times, dt = _time_grid(sde, steps, eps, device, x.dtype)
 
     def known_at(t):
         t_vec = t.expand(shape[0])
@@ -430,8 +433,7 @@ def replacement_moments(mean, cov, value: float, sde: SDE, *, steps: int, eps: f
     replacement method's bias (float64)."""
     mean = torch.as_tensor(mean, dtype=torch.float64)
     cov = torch.as_tensor(cov, dtype=torch.float64)
-    times = torch.linspace(sde.T, eps, steps, dtype=torch.float64)
-    dt = (sde.T - eps) / (steps - 1) if steps > 1 else sde.T - eps
+    times, dt = _time_grid(sde, steps, eps, dtype=torch.float64)
     m_all, v_all = sde.mean_coeff(times), sde.marginal_std(times) ** 2
     f_all, g2_all = sde.drift_coeff(times), sde.diffusion(times) ** 2
     mu1, var1 = 0.0, sde.prior_std ** 2

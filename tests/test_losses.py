@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import assert_close
 from scipy.integrate import quad
 
 from sdelib.data import GaussianMixture, gaussian
@@ -24,12 +25,6 @@ from sdelib.sde import SubVPSDE, VESDE, VPSDE, append_dims
 F64 = torch.float64
 
 
-def assert_close(actual, expected, rtol, atol=0.0):
-    """Elementwise |actual - expected| <= atol + rtol |expected|, shapes equal (numpy's check;
-    torch.testing's first call costs seconds of imports)."""
-    actual, expected = (torch.as_tensor(a).detach().double().numpy() for a in (actual, expected))
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 EPS = 1e-5
 K_SE = 4.0   # 4 standard errors: P(|N(0,1)| > 4) = 6e-5 per check
 

@@ -16,6 +16,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import assert_close
 from scipy import stats
 from scipy.integrate import solve_ivp
 
@@ -25,12 +26,6 @@ from sdelib.sde import (GeometricVESDE, SubVPSDE, VESDE, VPSDE, append_dims, mak
 F64 = torch.float64
 
 
-def assert_close(actual, expected, rtol, atol=0.0):
-    """Elementwise |actual - expected| <= atol + rtol |expected|, shapes equal (numpy's check;
-    torch.testing's first call costs seconds of imports)."""
-    actual, expected = (torch.as_tensor(a).detach().double().numpy() for a in (actual, expected))
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
 def _sdes():
