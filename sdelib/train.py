@@ -309,13 +309,15 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
 def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 4,
                      batch_size: int = 128, lr: float = 1e-3, seed: int = 0, device=None,
                      test: tuple[torch.Tensor, torch.Tensor] | None = None, sde: SDE | None = None,
-                     eps: float = 1e-3, progress: bool = True) -> dict:
+                     eps: float = 1e-3, shift: int = 0, progress: bool = True) -> dict:
     """Train a classifier (cross-entropy, Adam with cosine decay, the data resident on the device,
     batches by index as in `train`). Returns a checkpoint dict (format as `train`'s) whose history
     holds the training loss and, if `test` = (images, labels) is given, the test accuracy after
     each epoch. With `sde` the classifier is noise-conditional, `model(x_t, t)`: each image is
     perturbed to x_t = m(t) x_0 + std(t) z with t ~ U(eps, 1), as in DSM; test accuracy is then
-    reported on clean (t = eps) and on half-noised (t = 0.5) test images."""
+    reported on clean (t = eps) and on half-noised (t = 0.5) test images. `shift` > 0 augments
+    each batch by a random translation of up to `shift` pixels in each direction (a roll: MNIST's
+    borders are black)."""
     from tqdm.auto import tqdm
 
     device = torch.device(device) if device is not None else default_device()
@@ -340,11 +342,15 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
             idx = perm[i * batch_size:(i + 1) * batch_size]
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, lr, 0, "cosine")
+            x0 = data[idx]
+            if shift:
+                dy, dx = torch.randint(-shift, shift + 1, (2,), generator=noise, device=device).tolist()
+                x0 = torch.roll(x0, (dy, dx), dims=(2, 3))
             if sde is None:
-                logits = model(data[idx])
+                logits = model(x0)
             else:
                 t = torch.rand(len(idx), generator=noise, device=device) * (sde.T - eps) + eps
-                x_t, _ = _perturb(sde, data[idx], t, noise)
+                x_t, _ = _perturb(sde, x0, t, noise)
                 logits = model(x_t, t)
             loss = nn.functional.cross_entropy(logits, targets[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -366,7 +372,7 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     return {"format": CHECKPOINT_FORMAT, "sde": sde.config() if sde is not None else None,
             "net": model.config(), "model": model.state_dict(),
             "ema": None, "history": history, "step": step, "epoch": float(epochs),
-            "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+            "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "shift": shift,
                          "schedule": "cosine", "dataset_size": n}}
 
 
