@@ -15,7 +15,6 @@ bpd_mean, bpd_standard_error, n, ...). The likelihood chapter reads it.
 import argparse
 import datetime
 import json
-import math
 import sys
 import time
 from pathlib import Path

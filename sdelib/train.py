@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ from torch import nn
 
 from .losses import dsm_loss
 from .nets import ScoreNet, net_from_config
-from .sde import SDE, append_dims, make_sde, sde_from_config
+from .sde import SDE, append_dims, make_sde
 
 CHECKPOINT_FORMAT = "sdelib-checkpoint-v1"
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
@@ -426,8 +427,6 @@ def machine_description(device: torch.device) -> str:
 
 def run_description(device: torch.device, history: list[dict], argv=None) -> dict:
     """Machine, command and wall time of a training run, for its exported log."""
-    import sys
-
     args = sys.argv[1:] if argv is None else list(argv)
     return {"machine": machine_description(device), "torch": torch.__version__,
             "command": "python -m sdelib.train " + " ".join(args),

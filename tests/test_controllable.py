@@ -5,7 +5,6 @@ test_samplers: SE of a mean s / sqrt(n), of a variance s^2 sqrt(2 / (n - 1)) for
 and each check has a negative control that must fail the same check."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from scipy import integrate

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from sdelib.data import GaussianMixture, gaussian
+from sdelib.data import gaussian
 from sdelib.likelihood import (bits_per_dim, dequantize, exact_divergence, hutchinson_divergence,
                                image_bpd, make_probe, ode_likelihood)
 from sdelib.samplers import ODEConvergenceError, probability_flow_ode
