@@ -1,13 +1,17 @@
 """Samplers compared by sample quality per network evaluation, on the shipped MNIST model.
 
-    python benchmarks/samplers.py [--n 1000] [--quick] [--threads 2]
+    python benchmarks/samplers.py [--n 1000] [--quick] [--resume] [--threads 2]
 
 For each sampler setting: n samples from the shipped `mnist-ve` model (clipped to [0, 1]), their
 Fréchet distance to the MNIST test set in the features of the shipped evaluation classifier
 (`metrics.frechet_distance`, not Inception FID), its bootstrap standard error, the classifier's
 class balance of the samples, NFE and wall time. Settings: Euler–Maruyama, predictor–corrector
 (snr 0.075, 0.16, 0.2), the adaptive RK45 probability-flow ODE and the few-step Heun solver at
-several NFE (~10 to 1000). `--quick` runs a small subset (for a CPU session).
+several NFE (~10 to 1000), and the few-step SDE samplers with a final Tweedie denoising step.
+`--quick` runs a small subset (for a CPU session). The JSON is rewritten after every setting;
+`--resume` keeps the rows of an earlier run with the same n, batch and seed (identical samples: the
+generators are seeded per setting and batch) and runs only the missing settings, so an interrupted
+sweep loses at most one setting. The reference row (PC, 500 steps = 1,000 NFE, snr 0.16) runs first.
 Writes benchmarks/results/samplers.json and samplers.png; the chapter "Which sampler should I use?"
 reads them.
 """
@@ -34,7 +38,10 @@ FULL = [("Euler–Maruyama", euler_maruyama, dict(steps=s)) for s in (10, 25, 50
        [("predictor–corrector", predictor_corrector, dict(steps=s, snr=r))
         for r in (0.075, 0.16, 0.2) for s in (25, 100, 500)] + \
        [("RK45 ODE", probability_flow_ode_torchdiffeq, dict(rtol=tol, atol=tol)) for tol in (1e-3, 1e-5)] + \
-       [("Heun ODE", heun_ode, dict(steps=s)) for s in (5, 10, 18, 25, 50)]
+       [("Heun ODE", heun_ode, dict(steps=s)) for s in (5, 10, 18, 25, 50)] + \
+       [("Euler–Maruyama + Tweedie", euler_maruyama, dict(steps=s, denoise=True)) for s in (25, 100)] + \
+       [("predictor–corrector + Tweedie", predictor_corrector, dict(steps=25, snr=0.16, denoise=True))]
+REFERENCE = ("predictor–corrector", dict(steps=500, snr=0.16))
 QUICK = [("Heun ODE", heun_ode, dict(steps=s)) for s in (5, 10, 25)] + \
         [("RK45 ODE", probability_flow_ode_torchdiffeq, dict(rtol=1e-3, atol=1e-3))] + \
         [("Euler–Maruyama", euler_maruyama, dict(steps=s)) for s in (25, 100, 250)] + \
@@ -48,6 +55,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a small sweep for a CPU session")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="keep the finished rows of an earlier run")
+    parser.add_argument("--out", type=Path, default=RESULTS / "samplers.json",
+                        help="JSON to write (the plot goes beside it as .png; the chapter reads the default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,8 +67,15 @@ def main(argv=None):
     test_images, _ = load_mnist("test")
     reference = classifier_features(classifier, test_images)
     bootstrap = torch.Generator().manual_seed(args.seed)
-    rows = []
-    for name, sampler, settings in (QUICK if args.quick else FULL):
+    grid = QUICK if args.quick else FULL
+    order = [_key(g[0], g[2]) for g in grid]
+    rows = [r for r in (_earlier_rows(args) if args.resume else []) if _key(r["sampler"], r["settings"]) in order]
+    done = {_key(r["sampler"], r["settings"]) for r in rows}
+    todo = sorted((g for g in grid if _key(g[0], g[2]) not in done),
+                  key=lambda g: _key(g[0], g[2]) != _key(*REFERENCE))
+    if rows:
+        print(f"resuming: {len(rows)} settings kept, {len(todo)} to run", flush=True)
+    for name, sampler, settings in todo:
         parts, nfe, start = [], 0, time.perf_counter()
         for i, first in enumerate(range(0, args.n, args.batch)):
             size = min(args.batch, args.n - first)
@@ -74,22 +91,41 @@ def main(argv=None):
         se = bootstrap_standard_error(frechet_distance, features, reference, n_boot=20, generator=bootstrap)
         balance = class_balance(classifier, samples)
         row = {"sampler": name, "settings": settings, "nfe": nfe, "n": args.n, "frechet": distance,
-               "frechet_standard_error": se, "seconds": seconds, "class_balance": balance.tolist()}
+               "frechet_standard_error": se, "seconds": seconds, "class_balance": balance.tolist(),
+               "date": datetime.date.today().isoformat()}
         rows.append(row)
+        rows.sort(key=lambda r: order.index(_key(r["sampler"], r["settings"])))
         print(f"{name:20s} {json.dumps(settings):36s} NFE {nfe:5d}  FD {distance:8.3f} ± {se:.3f}  "
               f"{seconds:7.1f} s  classes {balance.min():.3f}-{balance.max():.3f}", flush=True)
         save(rows, args, device, argv)
     save(rows, args, device, argv, plot=True)
 
 
+def _key(name, settings):
+    return name, json.dumps(settings, sort_keys=True)
+
+
+def _earlier_rows(args):
+    """Rows of results/samplers.json made with the same n, batch and seed (else none)."""
+    path = args.out
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    if [earlier.get(k) for k in ("n", "batch", "seed")] != [args.n, args.batch, args.seed]:
+        print(f"--resume: {path} was made with other n / batch / seed; starting afresh")
+        return []
+    return earlier["rows"]
+
+
 def save(rows, args, device, argv, plot=False):
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine_description(device), "torch": torch.__version__,
               "command": "python benchmarks/samplers.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "date": datetime.date.today().isoformat(), "model": "mnist-ve",
+              "n": args.n, "batch": args.batch, "seed": args.seed,
               "features": "penultimate layer (128) of the shipped mnist-classifier", "rows": rows,
               "reference": "the 10,000 MNIST test images"}
-    (RESULTS / "samplers.json").write_text(json.dumps(report, indent=1) + "\n")
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
     if plot:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name in dict.fromkeys(r["sampler"] for r in rows):
@@ -104,7 +140,7 @@ def save(rows, args, device, argv, plot=False):
         ax.set_title(f"sample quality per NFE, {rows[0]['n']} samples each")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(RESULTS / "samplers.png", dpi=120)
+        fig.savefig(args.out.with_suffix(".png"), dpi=120)
 
 
 def _split(name, group):

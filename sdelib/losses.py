@@ -35,12 +35,9 @@ def dsm_loss(score_fn, sde: SDE, x0: torch.Tensor, *, eps: float = 1e-5, weighti
         t = torch.rand(batch, generator=generator, device=x0.device, dtype=x0.dtype) * (sde.T - eps) + eps
     if z is None:
         z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    if z.shape != x0.shape:
-        raise ValueError(f"z has shape {tuple(z.shape)}, expected {tuple(x0.shape)}")
-    mean, std = sde.marginal_prob(x0, t)
-    std_ = append_dims(std, x0.ndim)
-    x_t = mean + std_ * z
-    residual = score_fn(x_t, t) * std_ + z
+    x_t = sde.perturb(x0, t, z)
+    std = sde.marginal_std(t)
+    residual = score_fn(x_t, t) * append_dims(std, x0.ndim) + z
     per_sample = residual.pow(2).reshape(batch, -1).sum(dim=1)
     if weighting == "likelihood":
         per_sample = per_sample * (sde.diffusion(t) / std) ** 2

@@ -103,6 +103,11 @@ def tweedie_denoise(score_fn, sde: SDE, x: torch.Tensor, t: float) -> torch.Tens
     return (x + std ** 2 * score_fn(x, t_vec)) / mean_coeff
 
 
+def _euler_maruyama_step(reverse, x, t_vec, dt):
+    """The mean x - [f - g^2 s] dt of one reverse Euler–Maruyama step and its noise scale g sqrt(dt)."""
+    return x - reverse.drift(x, t_vec) * dt, append_dims(reverse.diffusion(t_vec), x.ndim) * math.sqrt(dt)
+
+
 @torch.no_grad()
 def euler_maruyama(score_fn, sde: SDE, shape, *, steps: int = 500, eps: float = 1e-3,
                    generator=None, callback: Callable | None = None, denoise: bool = False,
@@ -120,9 +125,8 @@ def euler_maruyama(score_fn, sde: SDE, shape, *, steps: int = 500, eps: float = 
     times, dt = _time_grid(sde, steps, eps, device, x.dtype)
     x_mean = x
     for i, t in enumerate(times):
-        t_vec = t.expand(shape[0])
-        x_mean = x - reverse.drift(x, t_vec) * dt
-        x = x_mean + append_dims(reverse.diffusion(t_vec), x.ndim) * math.sqrt(dt) * _noise(x, generator)
+        x_mean, noise_scale = _euler_maruyama_step(reverse, x, t.expand(shape[0]), dt)
+        x = x_mean + noise_scale * _noise(x, generator)
         if callback is not None:
             callback(i, t.item(), x_mean)
     nfe = steps
@@ -169,8 +173,7 @@ def predictor_corrector(score_fn, sde: SDE, shape, *, steps: int = 500, snr: flo
         for _ in range(corrector_steps):
             x = langevin_corrector_step(score_fn, sde, x, t_vec, dt, snr, generator)
         if predictor == "euler_maruyama":
-            x_mean = x - reverse.drift(x, t_vec) * dt
-            noise_scale = append_dims(reverse.diffusion(t_vec), x.ndim) * math.sqrt(dt)
+            x_mean, noise_scale = _euler_maruyama_step(reverse, x, t_vec, dt)
         else:
             f, G = sde.discretize(x, t_vec, dt)
             G = append_dims(G, x.ndim)
@@ -324,6 +327,56 @@ def heun_ode(score_fn, sde: SDE, shape, *, steps: int = 18, eps: float = 1e-3, r
     return SamplerResult(x, nfe)
 
 
+@torch.no_grad()
+def stochastic_heun(score_fn, sde: SDE, shape, *, steps: int = 25, eps: float = 1e-3, rho: float = 7.0,
+                    churn: float = 30.0, churn_sigma_min: float = 0.0, churn_sigma_max: float = math.inf,
+                    noise_inflation: float = 1.0, generator=None, callback: Callable | None = None,
+                    denoise: bool = False, x_init=None, device=None) -> SamplerResult:
+    """Heun steps on the grid of `heun_ode` with fresh noise before each step (EDM Alg. 2):
+
+        gamma_i = min(churn / steps, sqrt(2) - 1) where churn_sigma_min <= sigma_i <= churn_sigma_max,
+        sigma^_i = sigma_i (1 + gamma_i),  y^ = y + sqrt(sigma^_i^2 - sigma_i^2) noise_inflation z,
+
+    then one Heun step of the probability-flow ODE from sigma^_i to sigma_{i+1} (sigma = std/m, y =
+    x / m as in `heun_ode`). Adding noise and integrating it back out is a Langevin-like correction
+    that repairs score errors the ODE would carry to t = eps; churn = 0 is `heun_ode` exactly.
+    2 * steps evaluations; sigma^ never exceeds sigma(T)."""
+    _check_common(shape, steps, eps, sde)
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+    if not churn >= 0 or not noise_inflation > 0 or not churn_sigma_min <= churn_sigma_max:
+        raise ValueError(f"need churn >= 0 (got {churn}), noise_inflation > 0 (got {noise_inflation}) and "
+                         f"churn_sigma_min <= churn_sigma_max (got {churn_sigma_min}, {churn_sigma_max})")
+    x, device = _start(sde, shape, generator, device, x_init)
+    times64 = heun_time_grid(sde, steps, eps, rho)
+    sigmas64 = scaled_std(sde, times64)
+    gamma = min(churn / steps, math.sqrt(2) - 1)
+    churned = (sigmas64[:-1] >= churn_sigma_min) & (sigmas64[:-1] <= churn_sigma_max)
+    sigma_hat64 = torch.where(churned, sigmas64[:-1] * (1 + gamma), sigmas64[:-1]).clamp(max=sigmas64[0])
+    time_hat64 = torch.where(sigma_hat64 > sigmas64[:-1], time_of_scaled_std(sde, sigma_hat64, eps), times64[:-1])
+    to = dict(device=device, dtype=x.dtype)
+    times, sigmas, means = times64.to(**to), sigmas64.to(**to), sde.mean_coeff(times64).to(**to)
+    time_hat, sigma_hat, mean_hat = time_hat64.to(**to), sigma_hat64.to(**to), sde.mean_coeff(time_hat64).to(**to)
+
+    def slope(y, t, sigma, mean):
+        return -sigma * mean * score_fn(mean * y, t.expand(shape[0]))
+
+    y = x / means[0]
+    for i in range(steps):
+        extra = (sigma_hat[i] ** 2 - sigmas[i] ** 2).clamp(min=0).sqrt() * noise_inflation
+        y_hat = y + extra * _noise(y, generator)
+        d = slope(y_hat, time_hat[i], sigma_hat[i], mean_hat[i])
+        h = sigmas[i + 1] - sigma_hat[i]
+        y_euler = y_hat + h * d
+        y = y_hat + h * (d + slope(y_euler, times[i + 1], sigmas[i + 1], means[i + 1])) / 2
+        if callback is not None:
+            callback(i, times[i + 1].item(), means[i + 1] * y)
+    x, nfe = means[-1] * y, 2 * steps
+    if denoise:
+        x, nfe = tweedie_denoise(score_fn, sde, x, eps), nfe + 1
+    return SamplerResult(x, nfe)
+
+
 # ------------------------------------------------------------------------------------------------
 # Controllable generation
 # ------------------------------------------------------------------------------------------------
@@ -380,8 +433,8 @@ def inpaint(score_fn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor, *
                 x = langevin_corrector_step(score_fn, sde, x, t_vec, dt, snr, generator)
                 x = mask * known_at(t)[1] + (1 - mask) * x
                 nfe += 1
-        x_mean = x - reverse.drift(x, t_vec) * dt
-        x = x_mean + append_dims(reverse.diffusion(t_vec), x.ndim) * math.sqrt(dt) * _noise(x, generator)
+        x_mean, noise_scale = _euler_maruyama_step(reverse, x, t_vec, dt)
+        x = x_mean + noise_scale * _noise(x, generator)
         nfe += 1
         if i + 1 < steps:
             known_mean, known = known_at(times[i + 1])

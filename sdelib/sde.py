@@ -107,6 +107,14 @@ class SDE(abc.ABC):
         _check_time(t, self.T)
         return append_dims(self.mean_coeff(t), x0.ndim) * x0, self.marginal_std(t)
 
+    def perturb(self, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """A draw x_t = m(t) x_0 + std(t) z of the perturbation kernel, z ~ N(0, I) given (the
+        reparameterisation used by the DSM loss, eq. (7), and the noisy classifiers)."""
+        if z.shape != x0.shape:
+            raise ValueError(f"z has shape {tuple(z.shape)}, expected {tuple(x0.shape)}")
+        mean, std = self.marginal_prob(x0, t)
+        return mean + append_dims(std, x0.ndim) * z
+
     def prior_sampling(self, shape, generator: torch.Generator | None = None,
                        device=None, dtype=torch.float32) -> torch.Tensor:
         """x_T ~ N(0, prior_std^2 I)."""
