@@ -7,7 +7,8 @@ Fréchet distance to the MNIST test set in the features of the shipped evaluatio
 (`metrics.frechet_distance`, not Inception FID), its bootstrap standard error, the classifier's
 class balance of the samples, NFE and wall time. Settings: Euler–Maruyama, predictor–corrector
 (snr 0.075, 0.16, 0.2), the adaptive RK45 probability-flow ODE and the few-step Heun solver at
-several NFE (~10 to 1000), and the few-step SDE samplers with a final Tweedie denoising step.
+several NFE (~10 to 1000), the few-step SDE samplers with a final Tweedie denoising step, and EDM's
+stochastic sampler (`edm_stochastic`, Heun or Euler steps with fresh noise before each).
 `--quick` runs a small subset (for a CPU session). The JSON is rewritten after every setting;
 `--resume` keeps the rows of an earlier run with the same n, batch and seed (identical samples: the
 generators are seeded per setting and batch) and runs only the missing settings, so an interrupted
@@ -29,23 +30,28 @@ import torch
 
 from sdelib.data import load_mnist
 from sdelib.metrics import bootstrap_standard_error, class_balance, classifier_features, frechet_distance
-from sdelib.samplers import euler_maruyama, heun_ode, predictor_corrector, probability_flow_ode_torchdiffeq
+from sdelib.samplers import (edm_stochastic, euler_maruyama, heun_ode, predictor_corrector,
+                             probability_flow_ode_torchdiffeq)
 from sdelib.train import default_device, load_pretrained, machine_description
 
 RESULTS = Path(__file__).parent / "results"
 
+STOCHASTIC = [("EDM stochastic, Heun", edm_stochastic, dict(steps=s, order=2, churn=30.0)) for s in (5, 10, 25)] + \
+             [("EDM stochastic, Euler", edm_stochastic, dict(steps=s, order=1, churn=30.0)) for s in (10, 25, 50)]
 FULL = [("Euler–Maruyama", euler_maruyama, dict(steps=s)) for s in (10, 25, 50, 100, 250, 500)] + \
        [("predictor–corrector", predictor_corrector, dict(steps=s, snr=r))
         for r in (0.075, 0.16, 0.2) for s in (25, 100, 500)] + \
        [("RK45 ODE", probability_flow_ode_torchdiffeq, dict(rtol=tol, atol=tol)) for tol in (1e-3, 1e-5)] + \
        [("Heun ODE", heun_ode, dict(steps=s)) for s in (5, 10, 18, 25, 50)] + \
        [("Euler–Maruyama + Tweedie", euler_maruyama, dict(steps=s, denoise=True)) for s in (25, 100)] + \
-       [("predictor–corrector + Tweedie", predictor_corrector, dict(steps=25, snr=0.16, denoise=True))]
+       [("predictor–corrector + Tweedie", predictor_corrector, dict(steps=25, snr=0.16, denoise=True))] + \
+       STOCHASTIC
 REFERENCE = ("predictor–corrector", dict(steps=500, snr=0.16))
 QUICK = [("Heun ODE", heun_ode, dict(steps=s)) for s in (5, 10, 25)] + \
         [("RK45 ODE", probability_flow_ode_torchdiffeq, dict(rtol=1e-3, atol=1e-3))] + \
         [("Euler–Maruyama", euler_maruyama, dict(steps=s)) for s in (25, 100, 250)] + \
-        [("predictor–corrector", predictor_corrector, dict(steps=s, snr=0.16)) for s in (25, 500)]
+        [("predictor–corrector", predictor_corrector, dict(steps=s, snr=0.16)) for s in (25, 500)] + \
+        [STOCHASTIC[2], STOCHASTIC[5]]
 
 
 def main(argv=None):
@@ -69,10 +75,7 @@ def main(argv=None):
     bootstrap = torch.Generator().manual_seed(args.seed)
     grid = QUICK if args.quick else FULL
     order = [_key(g[0], g[2]) for g in grid]
-    rows = [r for r in (_earlier_rows(args) if args.resume else []) if _key(r["sampler"], r["settings"]) in order]
-    done = {_key(r["sampler"], r["settings"]) for r in rows}
-    todo = sorted((g for g in grid if _key(g[0], g[2]) not in done),
-                  key=lambda g: _key(g[0], g[2]) != _key(*REFERENCE))
+    rows, todo = plan(grid, _earlier_rows(args) if args.resume else [])
     if rows:
         print(f"resuming: {len(rows)} settings kept, {len(todo)} to run", flush=True)
     for name, sampler, settings in todo:
@@ -99,6 +102,16 @@ def main(argv=None):
               f"{seconds:7.1f} s  classes {balance.min():.3f}-{balance.max():.3f}", flush=True)
         save(rows, args, device, argv)
     save(rows, args, device, argv, plot=True)
+
+
+def plan(grid, earlier_rows):
+    """(rows of `earlier_rows` that belong to `grid`, the grid's settings still to run, the
+    reference setting first)."""
+    order = [_key(g[0], g[2]) for g in grid]
+    rows = [r for r in earlier_rows if _key(r["sampler"], r["settings"]) in order]
+    done = {_key(r["sampler"], r["settings"]) for r in rows}
+    todo = sorted((g for g in grid if _key(g[0], g[2]) not in done), key=lambda g: _key(g[0], g[2]) != _key(*REFERENCE))
+    return rows, todo
 
 
 def _key(name, settings):

@@ -19,7 +19,8 @@ Song et al. (2021): Euler–Maruyama on the reverse SDE eq. (6); predictor–cor
 Langevin corrector Alg. 5 (alpha_i for VP-type SDEs) and the reverse-diffusion predictor eq. (47);
 probability-flow ODE eq. (13) with RK45 (scipy, as the tutorial) or dopri5 (torchdiffeq, batched on
 the device); and a few-step deterministic solver of the same ODE, Heun's 2nd-order method on the
-time grid of Karras et al. (2022, "EDM", Alg. 1 and eq. 5), `heun_ode`.
+time grid of Karras et al. (2022, "EDM", Alg. 1 and eq. 5), `heun_ode`, and EDM's stochastic sampler
+on the same grid (Alg. 2: fresh noise before each Heun or Euler step), `edm_stochastic`.
 
 Controllable generation (paper §5, Appendix I): `inpaint` fills unknown pixels by the replacement
 method (EM or PC, the known pixels replaced at every step by the observation diffused to the
@@ -328,22 +329,27 @@ def heun_ode(score_fn, sde: SDE, shape, *, steps: int = 18, eps: float = 1e-3, r
 
 
 @torch.no_grad()
-def stochastic_heun(score_fn, sde: SDE, shape, *, steps: int = 25, eps: float = 1e-3, rho: float = 7.0,
-                    churn: float = 30.0, churn_sigma_min: float = 0.0, churn_sigma_max: float = math.inf,
-                    noise_inflation: float = 1.0, generator=None, callback: Callable | None = None,
-                    denoise: bool = False, x_init=None, device=None) -> SamplerResult:
-    """Heun steps on the grid of `heun_ode` with fresh noise before each step (EDM Alg. 2):
+def edm_stochastic(score_fn, sde: SDE, shape, *, steps: int = 25, order: int = 2, eps: float = 1e-3,
+                   rho: float = 7.0, churn: float = 30.0, churn_sigma_min: float = 0.0,
+                   churn_sigma_max: float = math.inf, noise_inflation: float = 1.0, generator=None,
+                   callback: Callable | None = None, denoise: bool = False, x_init=None,
+                   device=None) -> SamplerResult:
+    """The stochastic sampler of Karras et al. (2022, "EDM", Alg. 2) on the grid of `heun_ode`:
+    before each step, fresh noise raises the noise level by a factor 1 + gamma_i,
 
         gamma_i = min(churn / steps, sqrt(2) - 1) where churn_sigma_min <= sigma_i <= churn_sigma_max,
         sigma^_i = sigma_i (1 + gamma_i),  y^ = y + sqrt(sigma^_i^2 - sigma_i^2) noise_inflation z,
 
-    then one Heun step of the probability-flow ODE from sigma^_i to sigma_{i+1} (sigma = std/m, y =
-    x / m as in `heun_ode`). Adding noise and integrating it back out is a Langevin-like correction
-    that repairs score errors the ODE would carry to t = eps; churn = 0 is `heun_ode` exactly.
-    2 * steps evaluations; sigma^ never exceeds sigma(T)."""
+    then one step of the probability-flow ODE from sigma^_i down to sigma_{i+1} (sigma = std/m,
+    y = x / m as in `heun_ode`): Heun's (order 2, the paper's) or Euler's (order 1). Adding noise
+    and integrating it back out is a Langevin-like correction that repairs score errors the ODE
+    alone carries to t = eps; churn = 0 with order 2 is `heun_ode` exactly. steps * order
+    evaluations; sigma^ never exceeds sigma(T)."""
     _check_common(shape, steps, eps, sde)
     if not rho > 0:
         raise ValueError(f"rho must be > 0, got {rho}")
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 (Euler) or 2 (Heun), got {order!r}")
     if not churn >= 0 or not noise_inflation > 0 or not churn_sigma_min <= churn_sigma_max:
         raise ValueError(f"need churn >= 0 (got {churn}), noise_inflation > 0 (got {noise_inflation}) and "
                          f"churn_sigma_min <= churn_sigma_max (got {churn_sigma_min}, {churn_sigma_max})")
@@ -367,11 +373,12 @@ def stochastic_heun(score_fn, sde: SDE, shape, *, steps: int = 25, eps: float = 
         y_hat = y + extra * _noise(y, generator)
         d = slope(y_hat, time_hat[i], sigma_hat[i], mean_hat[i])
         h = sigmas[i + 1] - sigma_hat[i]
-        y_euler = y_hat + h * d
-        y = y_hat + h * (d + slope(y_euler, times[i + 1], sigmas[i + 1], means[i + 1])) / 2
+        y = y_hat + h * d
+        if order == 2:
+            y = y_hat + h * (d + slope(y, times[i + 1], sigmas[i + 1], means[i + 1])) / 2
         if callback is not None:
             callback(i, times[i + 1].item(), means[i + 1] * y)
-    x, nfe = means[-1] * y, 2 * steps
+    x, nfe = means[-1] * y, order * steps
     if denoise:
         x, nfe = tweedie_denoise(score_fn, sde, x, eps), nfe + 1
     return SamplerResult(x, nfe)
