@@ -140,7 +140,7 @@ def save(rows, args, device, argv, plot=False):
               "reference": "the 10,000 MNIST test images"}
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     if plot:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(10, 4.5))
         for name in dict.fromkeys(r["sampler"] for r in rows):
             group = [r for r in rows if r["sampler"] == name]
             for label, sub in _split(name, group):
@@ -151,7 +151,7 @@ def save(rows, args, device, argv, plot=False):
         ax.set_xlabel("network evaluations (NFE)")
         ax.set_ylabel("Fréchet distance to MNIST test (± 2 SE)")
         ax.set_title(f"sample quality per NFE, {rows[0]['n']} samples each")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(args.out.with_suffix(".png"), dpi=120)
 
