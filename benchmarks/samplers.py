@@ -74,7 +74,6 @@ def main(argv=None):
     reference = classifier_features(classifier, test_images)
     bootstrap = torch.Generator().manual_seed(args.seed)
     grid = QUICK if args.quick else FULL
-    order = [_key(g[0], g[2]) for g in grid]
     rows, todo = plan(grid, _earlier_rows(args) if args.resume else [])
     if rows:
         print(f"resuming: {len(rows)} settings kept, {len(todo)} to run", flush=True)
@@ -96,8 +95,7 @@ def main(argv=None):
         row = {"sampler": name, "settings": settings, "nfe": nfe, "n": args.n, "frechet": distance,
                "frechet_standard_error": se, "seconds": seconds, "class_balance": balance.tolist(),
                "date": datetime.date.today().isoformat()}
-        rows.append(row)
-        rows.sort(key=lambda r: order.index(_key(r["sampler"], r["settings"])))
+        rows = _in_grid_order(rows + [row], grid)
         print(f"{name:20s} {json.dumps(settings):36s} NFE {nfe:5d}  FD {distance:8.3f} ± {se:.3f}  "
               f"{seconds:7.1f} s  classes {balance.min():.3f}-{balance.max():.3f}", flush=True)
         save(rows, args, device, argv)
@@ -107,11 +105,17 @@ def main(argv=None):
 def plan(grid, earlier_rows):
     """(rows of `earlier_rows` that belong to `grid`, the grid's settings still to run, the
     reference setting first)."""
-    order = [_key(g[0], g[2]) for g in grid]
-    rows = [r for r in earlier_rows if _key(r["sampler"], r["settings"]) in order]
+    rows = _in_grid_order(earlier_rows, grid)
     done = {_key(r["sampler"], r["settings"]) for r in rows}
     todo = sorted((g for g in grid if _key(g[0], g[2]) not in done), key=lambda g: _key(g[0], g[2]) != _key(*REFERENCE))
     return rows, todo
+
+
+def _in_grid_order(rows, grid):
+    """The rows that belong to `grid`, in the grid's order."""
+    order = [_key(g[0], g[2]) for g in grid]
+    kept = [r for r in rows if _key(r["sampler"], r["settings"]) in order]
+    return sorted(kept, key=lambda r: order.index(_key(r["sampler"], r["settings"])))
 
 
 def _key(name, settings):

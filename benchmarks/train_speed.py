@@ -153,18 +153,11 @@ def main():
     seconds = None if target is not None else args.seconds
     tutorial_rate, tutorial_time = tutorial_loop(images, device, seconds, target, evaluate, args.eval_every)
     fast_rate, fast_time = fast_path(images, device, args, seconds, target, evaluate)
-    result = {
-        "machine": machine_description(device), "platform": platform.platform(),
-        "torch": torch.__version__, "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
-        "date": datetime.date.today().isoformat(), "settings": vars(args),
+    write(device, args, f"train_speed_{device.type}{'_to_loss' if target else ''}.json", {
         "tutorial_images_per_s": tutorial_rate, "fast_images_per_s": fast_rate,
         "throughput_ratio": fast_rate / tutorial_rate,
         "tutorial_seconds_to_loss": tutorial_time, "fast_seconds_to_loss": fast_time,
-    }
-    print(json.dumps(result, indent=1, default=str))
-    out = args.out or RESULTS / f"train_speed_{device.type}{'_to_loss' if target else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    })
 
 
 def report_full_run(images, device, args, evaluate):
@@ -172,10 +165,7 @@ def report_full_run(images, device, args, evaluate):
     tutorial_50_epochs = 50 * 60_000 / tutorial_rate
     seconds, rate, (loss, loss_se), history = full_run(images, device, args, evaluate)
     bound = 18.0 if args.to_loss is None else args.to_loss
-    result = {
-        "machine": machine_description(device), "platform": platform.platform(),
-        "torch": torch.__version__, "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
-        "date": datetime.date.today().isoformat(), "settings": vars(args),
+    write(device, args, f"train_speed_{device.type}_full_run.json", {
         "tutorial_images_per_s": tutorial_rate,
         "tutorial_projected_seconds_50_epochs": tutorial_50_epochs,
         "fast_images_per_s": rate, "fast_seconds": seconds, "fast_epochs": args.epochs,
@@ -183,9 +173,17 @@ def report_full_run(images, device, args, evaluate):
         "loss_bound": bound, "fast_meets_bound": loss <= bound,
         "speedup_to_loss": tutorial_50_epochs / seconds, "throughput_ratio": rate / tutorial_rate,
         "fast_history": history,
-    }
+    })
+
+
+def write(device, args, default_name, figures):
+    """Print the figures and write them with the machine, command and date to --out (default:
+    results/<default_name>)."""
+    result = {"machine": machine_description(device), "platform": platform.platform(),
+              "torch": torch.__version__, "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
+              "date": datetime.date.today().isoformat(), "settings": vars(args), **figures}
     print(json.dumps({k: v for k, v in result.items() if k != "fast_history"}, indent=1, default=str))
-    out = args.out or RESULTS / f"train_speed_{device.type}_full_run.json"
+    out = args.out or RESULTS / default_name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .samplers import CountedDrift, ODEConvergenceError
-from .sde import SDE
+from .sde import SDE, normal_like
 
 DIVERGENCES = ("exact", "gaussian", "rademacher")
 
@@ -62,7 +62,7 @@ def hutchinson_divergence(fn, x: torch.Tensor, t: torch.Tensor, probe: torch.Ten
 
 def make_probe(x: torch.Tensor, kind: str, generator=None) -> torch.Tensor:
     if kind == "gaussian":
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return normal_like(x, generator)
     return torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
 
 

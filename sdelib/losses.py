@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .sde import SDE, append_dims
+from .sde import SDE, append_dims, normal_like
 
 WEIGHTINGS = ("std2", "likelihood")
 
@@ -34,7 +34,7 @@ def dsm_loss(score_fn, sde: SDE, x0: torch.Tensor, *, eps: float = 1e-5, weighti
     if t is None:
         t = torch.rand(batch, generator=generator, device=x0.device, dtype=x0.dtype) * (sde.T - eps) + eps
     if z is None:
-        z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        z = normal_like(x0, generator)
     x_t = sde.perturb(x0, t, z)
     std = sde.marginal_std(t)
     residual = score_fn(x_t, t) * append_dims(std, x0.ndim) + z

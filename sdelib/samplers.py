@@ -34,7 +34,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .sde import SDE, append_dims
+from .sde import SDE, append_dims, normal_like
 
 
 class SamplerResult(NamedTuple):
@@ -92,10 +92,6 @@ def _time_grid(sde: SDE, steps: int, eps: float, device=None, dtype=torch.float3
     return times, ((sde.T - eps) / (steps - 1) if steps > 1 else sde.T - eps)
 
 
-def _noise(x, generator):
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
 def tweedie_denoise(score_fn, sde: SDE, x: torch.Tensor, t: float) -> torch.Tensor:
     """E[x_0 | x_t] = (x_t + std(t)^2 grad log p_t(x_t)) / m(t) (Tweedie's formula)."""
     t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
@@ -127,7 +123,7 @@ def euler_maruyama(score_fn, sde: SDE, shape, *, steps: int = 500, eps: float = 
     x_mean = x
     for i, t in enumerate(times):
         x_mean, noise_scale = _euler_maruyama_step(reverse, x, t.expand(shape[0]), dt)
-        x = x_mean + noise_scale * _noise(x, generator)
+        x = x_mean + noise_scale * normal_like(x, generator)
         if callback is not None:
             callback(i, t.item(), x_mean)
     nfe = steps
@@ -145,7 +141,7 @@ def langevin_corrector_step(score_fn, sde: SDE, x, t_vec, dt, snr, generator):
     noise_norm = math.sqrt(x[0].numel())
     alpha = append_dims(sde.langevin_alpha(t_vec, dt), x.ndim)
     step = 2 * alpha * (snr * noise_norm / grad_norm) ** 2
-    return x + step * grad + torch.sqrt(2 * step) * _noise(x, generator)
+    return x + step * grad + torch.sqrt(2 * step) * normal_like(x, generator)
 
 
 @torch.no_grad()
@@ -180,7 +176,7 @@ def predictor_corrector(score_fn, sde: SDE, shape, *, steps: int = 500, snr: flo
             G = append_dims(G, x.ndim)
             x_mean = x - f + G ** 2 * score_fn(x, t_vec)
             noise_scale = G
-        x = x_mean + noise_scale * _noise(x, generator)
+        x = x_mean + noise_scale * normal_like(x, generator)
         if callback is not None:
             callback(i, t.item(), x_mean)
     nfe = steps * (1 + corrector_steps)
@@ -300,32 +296,10 @@ def heun_ode(score_fn, sde: SDE, shape, *, steps: int = 18, eps: float = 1e-3, r
 
     It integrates the same ODE written for y = x / m(t) against sigma = std(t) / m(t) (EDM eq. 4),
     dy/dsigma = -sigma m(t) s(m(t) y, t), which is the probability-flow ODE of every linear SDE here
-    and is close to linear in sigma, so few steps suffice. The times come from `heun_time_grid`."""
-    _check_common(shape, steps, eps, sde)
-    if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho}")
-    x, device = _start(sde, shape, generator, device, x_init)
-    times64 = heun_time_grid(sde, steps, eps, rho)
-    sigmas64 = scaled_std(sde, times64)
-    times, sigmas = times64.to(device, x.dtype), sigmas64.to(device, x.dtype)
-    means = sde.mean_coeff(times64).to(device, x.dtype)
-
-    def slope(y, i):
-        t_vec = times[i].expand(shape[0])
-        return -sigmas[i] * means[i] * score_fn(means[i] * y, t_vec)
-
-    y = x / means[0]
-    for i in range(steps):
-        h = sigmas[i + 1] - sigmas[i]
-        d = slope(y, i)
-        y_euler = y + h * d
-        y = y + h * (d + slope(y_euler, i + 1)) / 2
-        if callback is not None:
-            callback(i, times[i + 1].item(), means[i + 1] * y)
-    x, nfe = means[-1] * y, 2 * steps
-    if denoise:
-        x, nfe = tweedie_denoise(score_fn, sde, x, eps), nfe + 1
-    return SamplerResult(x, nfe)
+    and is close to linear in sigma, so few steps suffice. The times come from `heun_time_grid`.
+    It is `edm_stochastic` without noise (churn 0), whose loop holds the Heun step."""
+    return edm_stochastic(score_fn, sde, shape, steps=steps, order=2, eps=eps, rho=rho, churn=0.0,
+                          generator=generator, callback=callback, denoise=denoise, x_init=x_init, device=device)
 
 
 @torch.no_grad()
@@ -343,7 +317,7 @@ def edm_stochastic(score_fn, sde: SDE, shape, *, steps: int = 25, order: int = 2
     then one step of the probability-flow ODE from sigma^_i down to sigma_{i+1} (sigma = std/m,
     y = x / m as in `heun_ode`): Heun's (order 2, the paper's) or Euler's (order 1). Adding noise
     and integrating it back out is a Langevin-like correction that repairs score errors the ODE
-    alone carries to t = eps; churn = 0 with order 2 is `heun_ode` exactly. steps * order
+    alone carries to t = eps; churn = 0 with order 2 is `heun_ode` (which calls this). steps * order
     evaluations; sigma^ never exceeds sigma(T)."""
     _check_common(shape, steps, eps, sde)
     if not rho > 0:
@@ -359,7 +333,10 @@ def edm_stochastic(score_fn, sde: SDE, shape, *, steps: int = 25, order: int = 2
     gamma = min(churn / steps, math.sqrt(2) - 1)
     churned = (sigmas64[:-1] >= churn_sigma_min) & (sigmas64[:-1] <= churn_sigma_max)
     sigma_hat64 = torch.where(churned, sigmas64[:-1] * (1 + gamma), sigmas64[:-1]).clamp(max=sigmas64[0])
-    time_hat64 = torch.where(sigma_hat64 > sigmas64[:-1], time_of_scaled_std(sde, sigma_hat64, eps), times64[:-1])
+    raised = sigma_hat64 > sigmas64[:-1]
+    time_hat64 = times64[:-1].clone()
+    if bool(raised.any()):
+        time_hat64[raised] = time_of_scaled_std(sde, sigma_hat64[raised], eps)
     to = dict(device=device, dtype=x.dtype)
     times, sigmas, means = times64.to(**to), sigmas64.to(**to), sde.mean_coeff(times64).to(**to)
     time_hat, sigma_hat, mean_hat = time_hat64.to(**to), sigma_hat64.to(**to), sde.mean_coeff(time_hat64).to(**to)
@@ -369,8 +346,10 @@ def edm_stochastic(score_fn, sde: SDE, shape, *, steps: int = 25, order: int = 2
 
     y = x / means[0]
     for i in range(steps):
-        extra = (sigma_hat[i] ** 2 - sigmas[i] ** 2).clamp(min=0).sqrt() * noise_inflation
-        y_hat = y + extra * _noise(y, generator)
+        y_hat = y
+        if raised[i]:                                        # churn: raise the noise level first
+            extra = (sigma_hat[i] ** 2 - sigmas[i] ** 2).sqrt() * noise_inflation
+            y_hat = y + extra * normal_like(y, generator)
         d = slope(y_hat, time_hat[i], sigma_hat[i], mean_hat[i])
         h = sigmas[i + 1] - sigma_hat[i]
         y = y_hat + h * d
@@ -429,7 +408,7 @@ def inpaint(score_fn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor, *
     def known_at(t):
         t_vec = t.expand(shape[0])
         mean = append_dims(sde.mean_coeff(t_vec), x.ndim) * observation
-        return mean, mean + append_dims(sde.marginal_std(t_vec), x.ndim) * _noise(x, generator)
+        return mean, mean + append_dims(sde.marginal_std(t_vec), x.ndim) * normal_like(x, generator)
 
     x = mask * known_at(times[0])[1] + (1 - mask) * x
     x_mean, nfe = x, 0
@@ -441,7 +420,7 @@ def inpaint(score_fn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor, *
                 x = mask * known_at(t)[1] + (1 - mask) * x
                 nfe += 1
         x_mean, noise_scale = _euler_maruyama_step(reverse, x, t_vec, dt)
-        x = x_mean + noise_scale * _noise(x, generator)
+        x = x_mean + noise_scale * normal_like(x, generator)
         nfe += 1
         if i + 1 < steps:
             known_mean, known = known_at(times[i + 1])

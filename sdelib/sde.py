@@ -28,7 +28,7 @@ import torch
 
 __all__ = [
     "SDE", "VESDE", "GeometricVESDE", "VPSDE", "SubVPSDE", "ReverseSDE",
-    "append_dims", "make_sde", "sde_from_config",
+    "append_dims", "normal_like", "make_sde", "sde_from_config",
 ]
 
 
@@ -37,6 +37,11 @@ def append_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:
     if t.ndim > ndim:
         raise ValueError(f"cannot broadcast a tensor with {t.ndim} dims to {ndim} dims")
     return t.reshape(t.shape + (1,) * (ndim - t.ndim))
+
+
+def normal_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z ~ N(0, I) with the shape, device and dtype of x, drawn from `generator`."""
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def _check_time(t: torch.Tensor, T: float) -> None:

@@ -37,7 +37,7 @@ from torch import nn
 
 from .losses import dsm_loss
 from .nets import ScoreNet, net_from_config
-from .sde import SDE, make_sde
+from .sde import SDE, make_sde, normal_like
 
 CHECKPOINT_FORMAT = "sdelib-checkpoint-v1"
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
@@ -351,7 +351,7 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
                 logits = model(x0)
             else:
                 t = torch.rand(len(idx), generator=noise, device=device) * (sde.T - eps) + eps
-                x_t = sde.perturb(x0, t, _normal_like(x0, noise))
+                x_t = sde.perturb(x0, t, normal_like(x0, noise))
                 logits = model(x_t, t)
             loss = nn.functional.cross_entropy(logits, targets[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -377,10 +377,6 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
                          "schedule": "cosine", "dataset_size": n}}
 
 
-def _normal_like(x: torch.Tensor, generator) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
 @torch.no_grad()
 def classifier_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, t: float | None = None,
                         sde: SDE | None = None, seed: int = 0, batch_size: int = 1000) -> float:
@@ -399,7 +395,7 @@ def classifier_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Te
         else:
             t_vec = torch.full((len(x),), float(t), device=device)
             if sde is not None:
-                x = sde.perturb(x, t_vec, _normal_like(x, generator))
+                x = sde.perturb(x, t_vec, normal_like(x, generator))
             logits = model(x, t_vec)
         correct += (logits.argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
     model.train(was_training)
