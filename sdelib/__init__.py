@@ -3,7 +3,7 @@
     sde.py        forward SDEs (VE, VP, sub-VP), perturbation kernels, reverse SDE / ODE
     nets.py       ScoreNet (MNIST U-Net) and MLPScoreNet (2-D toy data)
     losses.py     denoising score matching
-    samplers.py   Euler–Maruyama, predictor–corrector, probability-flow ODE
+    samplers.py   Euler–Maruyama, predictor–corrector, probability-flow ODE, few-step solvers
     likelihood.py log-likelihood by the probability-flow ODE, bits/dim
     data.py       MNIST (fetched by the library), Gaussian mixtures with exact scores
     train.py      training loop, checkpoints, the shipped pretrained models

@@ -30,22 +30,82 @@ def test_plan_keeps_finished_rows_and_runs_the_reference_first():
     assert len(sweep.plan(grid, reordered)[1]) == len(grid) - 1
 
 
-def test_earlier_rows_only_from_a_run_with_the_same_n_batch_and_seed(tmp_path):
+def test_earlier_rows_only_from_a_run_with_the_same_n_batch_seed_and_reference(tmp_path):
     out = tmp_path / "samplers.json"
-    args = argparse.Namespace(n=1000, batch=500, seed=0, out=out)
+    made = {"n": 1000, "batch": 500, "seed": 0, "reference": "the 10,000 MNIST test images"}
+    args = argparse.Namespace(out=out, **made)
     assert sweep._earlier_rows(args) == []                    # nothing there yet
     earlier = [row("Heun ODE", {"steps": 5})]
-    out.write_text(json.dumps({"n": 1000, "batch": 500, "seed": 0, "rows": earlier}))
+    out.write_text(json.dumps(made | {"rows": earlier}))
     assert sweep._earlier_rows(args) == earlier
-    for changed in ({"n": 500}, {"batch": 250}, {"seed": 1}):
-        out.write_text(json.dumps({"n": 1000, "batch": 500, "seed": 0, "rows": earlier} | changed))
+    for changed in ({"n": 500}, {"batch": 250}, {"seed": 1}, {"reference": "10,000 MNIST training images"}):
+        out.write_text(json.dumps(made | changed | {"rows": earlier}))
         assert sweep._earlier_rows(args) == []
 
 
-@pytest.mark.parametrize("grid", [sweep.FULL, sweep.QUICK], ids=["full", "quick"])
+@pytest.mark.parametrize("grid", [sweep.FULL, sweep.QUICK, sweep.SELECTION], ids=["full", "quick", "selection"])
 def test_grid_settings_are_unique_and_accepted_by_their_samplers(grid):
     import inspect
     keys = [sweep._key(g[0], g[2]) for g in grid]
     assert len(keys) == len(set(keys))
     for _, sampler, settings in grid:
         assert set(settings) <= set(inspect.signature(sampler).parameters), (sampler.__name__, settings)
+
+
+LIKELIHOOD_SPEC = importlib.util.spec_from_file_location(
+    "likelihood_speed", Path(__file__).parents[1] / "benchmarks" / "likelihood_speed.py")
+likelihood_speed = importlib.util.module_from_spec(LIKELIHOOD_SPEC)
+LIKELIHOOD_SPEC.loader.exec_module(likelihood_speed)
+
+
+def test_full_test_set_run_resumes_after_an_interrupt_without_changing_the_result(tmp_path, monkeypatch):
+    # The bpd evaluation is replaced by a function of the (dequantised) images and probes, so the
+    # test checks the bookkeeping: an interrupted run resumed gives the uninterrupted run's per-image
+    # list; a resume with another batch size starts afresh.
+    import torch
+    calls = []
+
+    def fake_bpd_of(model, sde, x, probe, solver, batch, device, dtype, desc):
+        calls.append(len(x))
+        if interrupt_at is not None and len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return x.flatten(1).mean(1) + probe.flatten(1).mean(1), 1.0
+
+    monkeypatch.setattr(likelihood_speed, "bpd_of", fake_bpd_of)
+    images = torch.rand(7, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def run(out, batch, resume):
+        args = argparse.Namespace(seed=0, batch=batch, resume=resume, out=out)
+        likelihood_speed.full_test_set(None, None, images, args, torch.device("cpu"), ["--full-test-set"])
+        return json.loads(out.read_text())
+
+    interrupt_at = None
+    whole = run(tmp_path / "whole.json", 3, resume=False)
+    assert whole["complete"] and whole["n"] == 7 and calls == [3, 3, 1]
+    assert whole["bpd_mean"] == pytest.approx(sum(whole["bpd"]) / 7)
+    calls.clear()
+    interrupt_at = 2                                  # killed during the second batch
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "part.json", 3, resume=False)
+    part = json.loads((tmp_path / "part.json").read_text())
+    assert part["n"] == 3 and not part["complete"]
+    calls.clear()
+    interrupt_at = None
+    resumed = run(tmp_path / "part.json", 3, resume=True)
+    assert calls == [3, 1] and resumed["bpd"] == whole["bpd"] and resumed["complete"]
+    calls.clear()
+    afresh = run(tmp_path / "part.json", 2, resume=True)   # another batch: nothing kept
+    assert calls == [2, 2, 2, 1] and afresh["bpd"] == pytest.approx(whole["bpd"])
+
+
+def test_plots_draw_the_sweep_and_the_selection(tmp_path):
+    rows = [dict(row(*sweep.REFERENCE), nfe=1000, frechet=30.0, frechet_standard_error=3.0, n=1000),
+            dict(row("DPM-Solver++ SDE + Tweedie", {"steps": 49, "eta": 6.0}), nfe=50, frechet_standard_error=2.0, n=1000),
+            dict(row("DPM-Solver++ SDE + Tweedie", {"steps": 49, "eta": 1.0}), nfe=50, frechet_standard_error=2.0, n=1000)]
+    # one line per eta (and per snr of PC), so settings of one sampler are not joined across eta
+    assert [label for label, _ in sweep._split("DPM-Solver++ SDE + Tweedie", rows[1:])] == \
+        ["DPM-Solver++ SDE + Tweedie, eta 6.0", "DPM-Solver++ SDE + Tweedie, eta 1.0"]
+    for selection in (False, True):
+        path = tmp_path / f"{selection}.png"
+        sweep.draw({"rows": rows, "seed": 0, "reference": "test", "selection": selection}, path)
+        assert path.stat().st_size > 10_000
