@@ -381,11 +381,12 @@ def dpm_solver_sde(score_fn, sde: SDE, shape, *, steps: int = 50, order: int = 2
 
     D~_i = D_i (order 1) or D_i + (D_i - D_{i-1}) / (2 r_i) with r_i = h_{i-1} / h_i (order 2, the
     multistep "2M": the previous step's D gives the slope; the first step is first order).
-    Every eta >= 0 solves a reverse-time SDE with the same marginals p_t (drift f - (1 + eta^2)/2 g^2 s,
-    diffusion eta g): eta = 1 is eq. (6) (order 1 then takes the exact posterior
-    q(y_{i+1} | y_i, x_0 = D_i), ancestral sampling); eta = 0 the probability-flow ODE
-    (DPM-Solver++(2M), like `heun_ode`, which carries the score's errors to t = eps); eta > 1 renews
-    more noise per step than eq. (6), a Langevin-like correction like EDM's churn. If D is exact and
+    The step is exact (for fixed D) for the reverse-time SDE with drift f - (1 + eta)/2 g^2 s and
+    diffusion sqrt(eta) g, which has the marginals p_t for every eta >= 0: eta = 1 is eq. (6) (order 1
+    then takes the exact posterior q(y_{i+1} | y_i, x_0 = D_i), ancestral sampling); eta = 0 the
+    probability-flow ODE (DPM-Solver++(2M); like `heun_ode` it carries the score's errors to t = eps);
+    eta > 1 is eq. (6) plus Langevin dynamics for p_t (x + e s + sqrt(2 e) z, the corrector's move)
+    with e = (eta - 1) g^2 |dt| / 2: a corrector that costs no evaluation. If D is exact and
     constant the step keeps y = x_0 + sigma z exactly (mean x_0, variance sigma^2) for every eta."""
     _check_common(shape, steps, eps, sde)
     if not rho > 0:
