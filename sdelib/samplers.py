@@ -398,18 +398,18 @@ def dpm_solver_sde(score_fn, sde: SDE, shape, *, steps: int = 50, order: int = 2
     x, device = _start(sde, shape, generator, device, x_init)
     times64 = heun_time_grid(sde, steps, eps, rho)
     sigmas64, means64 = scaled_std(sde, times64), sde.mean_coeff(times64)
-    steps64 = torch.log(sigmas64[:-1] / sigmas64[1:])
+    h = torch.log(sigmas64[:-1] / sigmas64[1:])                # h_i, float64
     to = dict(device=device, dtype=x.dtype)
     times, sigmas, means = times64.to(**to), sigmas64.to(**to), means64.to(**to)
-    keep = ((sigmas64[1:] / sigmas64[:-1]) * torch.exp(-eta * steps64)).to(**to)
-    toward = (-torch.expm1(-(1 + eta) * steps64)).to(**to)
-    noise = (sigmas64[1:] * torch.sqrt(-torch.expm1(-2 * eta * steps64))).to(**to)
+    keep = ((sigmas64[1:] / sigmas64[:-1]) * torch.exp(-eta * h)).to(**to)
+    toward = (-torch.expm1(-(1 + eta) * h)).to(**to)
+    noise = (sigmas64[1:] * torch.sqrt(-torch.expm1(-2 * eta * h))).to(**to)
     y, previous = x / means[0], None
     for i in range(steps):
         denoised = y + sigmas[i] ** 2 * means[i] * score_fn(means[i] * y, times[i].expand(shape[0]))
         target = denoised
         if order == 2 and previous is not None:
-            target = denoised + (denoised - previous) * (steps64[i] / steps64[i - 1]).item() / 2
+            target = denoised + (denoised - previous) * (h[i] / h[i - 1]).item() / 2
         y = keep[i] * y + toward[i] * target
         if eta > 0:
             y = y + noise[i] * normal_like(y, generator)
