@@ -138,7 +138,8 @@ def full_test_set(model, sde, images, args, device, argv):
     if args.resume and args.out.exists():
         earlier = json.loads(args.out.read_text())
         if [earlier.get(k) for k in ("seed", "batch", "tolerances")] == [args.seed, args.batch, TOLERANCE]:
-            report.update(bpd=earlier["bpd"], seconds=earlier["seconds"], resumed_on=earlier.get("machine"))
+            report.update(bpd=earlier["bpd"], seconds=earlier["seconds"], resumed_on=earlier.get("machine"),
+                          **{k: earlier[k] for k in ("note",) if k in earlier})   # a note written by hand
             print(f"resuming after {len(report['bpd'])} images", flush=True)
         else:
             print(f"--resume: {args.out} was made with another seed / batch / tolerances; starting afresh")

@@ -91,8 +91,10 @@ def test_full_test_set_run_resumes_after_an_interrupt_without_changing_the_resul
     assert part["n"] == 3 and not part["complete"]
     calls.clear()
     interrupt_at = None
+    (tmp_path / "part.json").write_text(json.dumps(part | {"note": "shared CPU"}))   # a note by hand ...
     resumed = run(tmp_path / "part.json", 3, resume=True)
     assert calls == [3, 1] and resumed["bpd"] == whole["bpd"] and resumed["complete"]
+    assert resumed["note"] == "shared CPU"                                          # ... is kept
     calls.clear()
     afresh = run(tmp_path / "part.json", 2, resume=True)   # another batch: nothing kept
     assert calls == [2, 2, 2, 1] and afresh["bpd"] == pytest.approx(whole["bpd"])
