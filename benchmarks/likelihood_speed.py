@@ -154,7 +154,9 @@ def full_test_set(model, sde, images, args, device, argv):
                       complete=estimate.n == len(images), date=datetime.date.today().isoformat(),
                       images_per_s=estimate.n / report["seconds"])
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report) + "\n")
+        partial = args.out.with_name(args.out.name + ".tmp")    # written whole, then renamed: a kill
+        partial.write_text(json.dumps(report) + "\n")          # mid-write cannot corrupt the JSON
+        partial.replace(args.out)
         print(f"{estimate.n} images: bpd {estimate} ({report['seconds']:.0f} s so far)", flush=True)
 
 
