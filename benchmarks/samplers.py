@@ -91,13 +91,11 @@ def main(argv=None):
                              "results/samplers.json, or results/sampler_selection.json with --selection)")
     parser.add_argument("--replot", action="store_true", help="only redraw the .png from the JSON")
     args = parser.parse_args(argv)
+    args.out = args.out or RESULTS / ("sampler_selection.json" if args.selection else "samplers.json")
     if args.replot:
-        out = args.out or RESULTS / ("sampler_selection.json" if args.selection else "samplers.json")
-        return draw(json.loads(out.read_text()), out.with_suffix(".png"))
+        return draw(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
     if args.seed is None:
         args.seed = 1 if args.selection else 0
-    if args.out is None:
-        args.out = RESULTS / ("sampler_selection.json" if args.selection else "samplers.json")
     args.reference = "10,000 MNIST training images (seeded subset)" if args.selection else "the 10,000 MNIST test images"
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,7 +105,10 @@ def main(argv=None):
     reference = classifier_features(classifier, reference_images(args.selection))
     bootstrap = torch.Generator().manual_seed(args.seed)
     grid = SELECTION if args.selection else QUICK if args.quick else FULL
-    rows, todo = plan(grid, _earlier_rows(args) if args.resume else [])
+    earlier = _earlier_rows(args) if args.resume else []
+    rows, todo = plan(grid, earlier)
+    # a note written into the JSON by hand belongs to the rows it describes: kept only with them
+    args.note = json.loads(args.out.read_text()).get("note") if earlier else None
     if rows:
         print(f"resuming: {len(rows)} settings kept, {len(todo)} to run", flush=True)
     for name, sampler, settings in todo:
@@ -177,13 +178,13 @@ def _earlier_rows(args):
 
 def save(rows, args, device, argv, plot=False):
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    note = json.loads(args.out.read_text()).get("note") if args.resume and args.out.exists() else None
     report = {"machine": machine_description(device), "torch": torch.__version__,
               "command": "python benchmarks/samplers.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "date": datetime.date.today().isoformat(), "model": "mnist-ve",
               "n": args.n, "batch": args.batch, "seed": args.seed,
               "features": "penultimate layer (128) of the shipped mnist-classifier", "rows": rows,
-              "reference": args.reference, "selection": args.selection, **({"note": note} if note else {})}
+              "reference": args.reference, "selection": args.selection,
+              **({"note": args.note} if args.note else {})}
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     if plot:
         draw(report, args.out.with_suffix(".png"))
@@ -193,15 +194,15 @@ def draw(report, path):
     """The sweep as distance against NFE per sampler (log-log), or for a --selection run, one bar
     per setting against the reference's distance + 2 SE; ± 2 SE error bars."""
     rows = report["rows"]
+    reference = [r for r in rows if (r["sampler"], r["settings"]) == REFERENCE]
     if report.get("selection"):
         fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
         labels = [f"{r['sampler']}: " + ", ".join(f"{k} {v}" for k, v in r["settings"].items()) + f" ({r['nfe']} NFE)"
                   for r in rows]
         ax.barh(range(len(rows)), [r["frechet"] for r in rows], xerr=[2 * r["frechet_standard_error"] for r in rows],
                 color=["tab:gray" if r["nfe"] > 50 else "tab:blue" for r in rows], capsize=3)
-        for r in rows:
-            if (r["sampler"], r["settings"]) == REFERENCE:
-                ax.axvline(r["frechet"] + 2 * r["frechet_standard_error"], color="k", ls=":", label="PC-1000 + 2 SE")
+        for r in reference:
+            ax.axvline(r["frechet"] + 2 * r["frechet_standard_error"], color="k", ls=":", label="PC-1000 + 2 SE")
         ax.set_yticks(range(len(rows)), labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel(f"Fréchet distance to {report['reference']} (± 2 SE)")
@@ -214,7 +215,6 @@ def draw(report, path):
             ax.errorbar([r["nfe"] for r in sub], [r["frechet"] for r in sub], fmt="osD^v<>ph*XP"[k % 12] + "-",
                         color=plt.cm.tab20(k % 20), yerr=[2 * r["frechet_standard_error"] for r in sub],
                         capsize=3, label=label)
-        reference = [r for r in rows if (r["sampler"], r["settings"]) == REFERENCE]
         for r in reference:
             ax.axhline(r["frechet"] + 2 * r["frechet_standard_error"], color="k", ls=":", lw=1,
                        label="PC-1000 (snr 0.16) + 2 SE")
