@@ -30,10 +30,10 @@ tar xzf .device-data/mnist.tgz -C "$SDELIB_DATA" || { echo "no .device-data/mnis
 QUICK=${DEVICE_CHECKS_QUICK:-0}      # 1: a smoke test of this script on a CPU (minutes, tiny settings)
 if [[ "$QUICK" == 1 ]]; then
     DEVICE=cpu; TRAIN="--seconds 5 --epochs 1 --train-images 512 --eval 64 --channels-last"
-    LIKELIHOOD="--compare 2 --subset 4 --batch 4"; SAMPLERS="--quick --n 16 --batch 16"; SLOW=4
+    LIKELIHOOD="--compare 2 --subset 4 --batch 4"; BF16="--bf16-check 4 --batch 4"; SAMPLERS="--quick --n 16 --batch 16"; SLOW=4
 else
     DEVICE=cuda; TRAIN="--seconds 45 --epochs 30 --eval 2048 --bf16 --channels-last --compile"
-    LIKELIHOOD="--compare 256 --subset 10000 --batch 2500"; SAMPLERS="--n 1000 --batch 1000"
+    LIKELIHOOD="--compare 256 --subset 10000 --batch 2500"; BF16="--bf16-check 256 --batch 256"; SAMPLERS="--n 1000 --batch 1000"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 fi
 python -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
@@ -54,6 +54,8 @@ step train_speed 300 python benchmarks/train_speed.py --full-run --device $DEVIC
     --batch-size 128 --lr 5e-4 --out "$OUT/train_speed_${DEVICE}_full_run.json"
 # Issue 6: scipy vs batched torchdiffeq on 256 images, then bpd of the full 10k test set (target <= 60 s).
 step likelihood 140 python benchmarks/likelihood_speed.py $LIKELIHOOD --out "$OUT/likelihood_speed_$DEVICE.json"
+# Issue 6: does a bf16 network leave the bits/dim unchanged, and is it faster on the GPU? (same JSON)
+step bf16 40 python benchmarks/likelihood_speed.py $BF16 --out "$OUT/likelihood_speed_$DEVICE.json"
 # Issue 6: the sampler sweep's wall times (and distances) on the GPU.
 step samplers 110 python benchmarks/samplers.py $SAMPLERS --out "$OUT/samplers_$DEVICE.json"
 ls -l "$OUT"

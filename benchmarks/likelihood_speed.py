@@ -20,6 +20,15 @@ bpd_mean, bpd_standard_error, n, ...). The likelihood chapter reads it.
   ± standard error and the seconds spent), and `--resume` continues a run with the same seed and
   batch (identical images, probes and batches), so an interrupted CPU run (about 2 hours on 2
   cores) loses at most one batch. On a GPU it is one ~minute run.
+
+    python benchmarks/likelihood_speed.py --bf16-check 32 [--batch 32]
+
+- Whether bf16 may be used: the fast path on the first N test images twice, the score network in
+  float32 and under bf16 autocast (the ODE state, the solver and the divergence sum stay float32),
+  same images and probes. Records each bpd, NFE and seconds, the paired difference, and the verdict
+  (bf16 only if it leaves the figure unchanged: |mean difference| <= 0.001 bpd, a tenth of the
+  issue's 0.01 agreement, *and* it is faster here) as "bf16_check" in likelihood_speed.json,
+  keeping that file's other figures.
 """
 import argparse
 import datetime
@@ -39,6 +48,7 @@ from sdelib.train import default_device, load_pretrained, machine_description
 RESULTS = Path(__file__).parent / "results" / "likelihood_speed.json"
 FULL_RESULTS = Path(__file__).parent / "results" / "likelihood_full.json"
 TOLERANCE = dict(rtol=1e-5, atol=1e-5, eps=1e-5)
+BF16_UNCHANGED = 0.001   # bpd: the largest mean change of the figure that still counts as unchanged
 
 
 def bpd_of(model, sde, x, probe, solver, batch, device, dtype, desc):
@@ -64,6 +74,8 @@ def main(argv=None):
     parser.add_argument("--full-test-set", action="store_true",
                         help="only the fast path's bpd of all 10,000 test images, resumable (likelihood_full.json)")
     parser.add_argument("--resume", action="store_true", help="with --full-test-set: continue an earlier run")
+    parser.add_argument("--bf16-check", type=int, default=0, metavar="N",
+                        help="only compare float32 and bf16-autocast networks on N images (into likelihood_speed.json)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON to write (the chapter reads the default: likelihood_speed.json, or "
                              "likelihood_full.json with --full-test-set)")
@@ -77,6 +89,8 @@ def main(argv=None):
     images, _ = load_mnist("test")
     if args.full_test_set:
         return full_test_set(model, sde, images, args, device, argv)
+    if args.bf16_check:
+        return bf16_check(model, sde, images, args, device, argv)
     n = max(args.compare, args.subset)
     generator = torch.Generator().manual_seed(args.seed)
     x = dequantize(images[:n], generator)                     # one dequantisation ...
@@ -158,6 +172,60 @@ def full_test_set(model, sde, images, args, device, argv):
         partial.write_text(json.dumps(report) + "\n")          # mid-write cannot corrupt the JSON
         partial.replace(args.out)
         print(f"{estimate.n} images: bpd {estimate} ({report['seconds']:.0f} s so far)", flush=True)
+
+
+def bf16_network(model, device: torch.device):
+    """The score network under bf16 autocast, its output back in float32 for the solver."""
+    def score(x, t):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return model(x, t).float()
+    return score
+
+
+def bf16_verdict(fp32_bpd: torch.Tensor, bf16_bpd: torch.Tensor, fp32_seconds: float, bf16_seconds: float) -> dict:
+    """Paired change of the bpd by bf16 and whether bf16 may be used (unchanged figure and faster)."""
+    change = mean_and_standard_error((bf16_bpd - fp32_bpd).double())
+    unchanged, faster = abs(change.mean) <= BF16_UNCHANGED, bf16_seconds < fp32_seconds
+    reasons = ([] if unchanged else [f"it moves the mean bpd by {change.mean:+.4f} (more than {BF16_UNCHANGED})"]) + \
+              ([] if faster else [f"it is slower here ({bf16_seconds:.0f} s against {fp32_seconds:.0f} s)"])
+    return {"mean_difference": change.mean, "difference_standard_error": change.standard_error,
+            "max_abs_difference_per_image": (bf16_bpd - fp32_bpd).abs().max().item(),
+            "unchanged": unchanged, "faster": faster, "use_bf16": unchanged and faster,
+            "verdict": "bf16 used" if unchanged and faster else "float32 kept: " + "; ".join(reasons)}
+
+
+def bf16_check(model, sde, images, args, device, argv):
+    """The fast path with a float32 and a bf16-autocast network on the same images (see the docstring)."""
+    generator = torch.Generator().manual_seed(args.seed)
+    x = dequantize(images[:args.bf16_check], generator)
+    probe = make_probe(x, "gaussian", generator)
+    runs = {}
+    for name, network in (("float32", model), ("bf16", bf16_network(model, device))):
+        bpd, nfe, start = [], [], time.perf_counter()
+        for i in tqdm(range(0, len(x), args.batch), desc=f"network in {name}", unit="batch"):
+            part = slice(i, i + args.batch)
+            result = ode_likelihood(network, sde, x[part].to(device), probe=probe[part].to(device),
+                                    solver="torchdiffeq", **TOLERANCE)
+            bpd.append(bits_per_dim(result.log_p, x[0].numel()).cpu())
+            nfe.append(result.nfe)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        runs[name] = {"bpd": torch.cat(bpd), "nfe": nfe, "seconds": time.perf_counter() - start}
+    check = {"machine": machine_description(device), "device": str(device), "torch": torch.__version__,
+             "command": "python benchmarks/likelihood_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+             "date": datetime.date.today().isoformat(), "n": len(x), "batch": args.batch,
+             **{name: {"bpd_mean": run["bpd"].mean().item(), "nfe_per_batch": run["nfe"],
+                       "seconds": run["seconds"]} for name, run in runs.items()},
+             **bf16_verdict(runs["float32"]["bpd"], runs["bf16"]["bpd"],
+                            runs["float32"]["seconds"], runs["bf16"]["seconds"])}
+    print(f"float32 {check['float32']['bpd_mean']:.4f} bpd, NFE {check['float32']['nfe_per_batch']}, "
+          f"{check['float32']['seconds']:.0f} s; bf16 {check['bf16']['bpd_mean']:.4f} bpd, NFE "
+          f"{check['bf16']['nfe_per_batch']}, {check['bf16']['seconds']:.0f} s: {check['verdict']}")
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report["bf16_check"] = check
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote bf16_check into {args.out}")
 
 
 if __name__ == "__main__":
