@@ -52,16 +52,25 @@ BF16_UNCHANGED = 0.001   # bpd: the largest mean change of the figure that still
 
 
 def bpd_of(model, sde, x, probe, solver, batch, device, dtype, desc):
-    """bpd of the dequantised images x with fixed probes, in batches, and the seconds it took."""
-    out, start = [], time.perf_counter()
+    """bpd of the dequantised images x with fixed probes, in batches: (bpd, seconds, NFE per batch).
+    `model` is any score function (the bf16 check passes a wrapped network)."""
+    out, nfe, start = [], [], time.perf_counter()
     for i in tqdm(range(0, len(x), batch), desc=desc, unit="batch"):
         part = slice(i, i + batch)
         result = ode_likelihood(model, sde, x[part].to(device, dtype), probe=probe[part].to(device, dtype),
                                 solver=solver, **TOLERANCE)
         out.append(bits_per_dim(result.log_p, x[0].numel()).cpu())
+        nfe.append(result.nfe)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return torch.cat(out), time.perf_counter() - start
+    return torch.cat(out), time.perf_counter() - start, nfe
+
+
+def provenance(device, argv) -> dict:
+    """Machine, device, torch version, command line and date of this run, for its JSON."""
+    return {"machine": machine_description(device), "device": str(device), "torch": torch.__version__,
+            "command": "python benchmarks/likelihood_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": datetime.date.today().isoformat()}
 
 
 def main(argv=None):
@@ -97,15 +106,13 @@ def main(argv=None):
     probe = make_probe(x, "gaussian", generator)              # ... and one probe per image, shared
 
     compare = slice(0, args.compare)
-    scipy_bpd, scipy_seconds = bpd_of(model, sde, x[compare], probe[compare], "scipy", 32, device,
+    scipy_bpd, scipy_seconds, _ = bpd_of(model, sde, x[compare], probe[compare], "scipy", 32, device,
                                       torch.float32, "scipy RK45, batch 32")
-    fast_bpd, fast_seconds = bpd_of(model, sde, x[compare], probe[compare], "torchdiffeq", args.batch,
+    fast_bpd, fast_seconds, _ = bpd_of(model, sde, x[compare], probe[compare], "torchdiffeq", args.batch,
                                     device, torch.float32, f"torchdiffeq, batch {args.batch}")
     difference = (fast_bpd.mean() - scipy_bpd.mean()).item()
     report = {
-        "machine": machine_description(device), "device": str(device), "torch": torch.__version__,
-        "command": "python benchmarks/likelihood_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.date.today().isoformat(), "model": "mnist-ve", "tolerances": TOLERANCE,
+        **provenance(device, argv), "model": "mnist-ve", "tolerances": TOLERANCE,
         "comparison": {
             "n": args.compare,
             "scipy": {"images_per_s": args.compare / scipy_seconds, "seconds": scipy_seconds,
@@ -122,8 +129,8 @@ def main(argv=None):
           f"(difference {difference:+.4f})")
 
     rest = slice(args.compare, args.subset)
-    extra, extra_seconds = (bpd_of(model, sde, x[rest], probe[rest], "torchdiffeq", args.batch, device,
-                                   torch.float32, "subset") if args.subset > args.compare else (torch.empty(0), 0.0))
+    extra, extra_seconds, _ = (bpd_of(model, sde, x[rest], probe[rest], "torchdiffeq", args.batch, device,
+                                      torch.float32, "subset") if args.subset > args.compare else (torch.empty(0), 0.0, []))
     subset_bpd = torch.cat([fast_bpd, extra])[:args.subset]
     estimate = mean_and_standard_error(subset_bpd)
     report.update({"bpd_mean": estimate.mean, "bpd_standard_error": estimate.standard_error, "n": estimate.n,
@@ -145,9 +152,7 @@ def full_test_set(model, sde, images, args, device, argv):
     generator = torch.Generator().manual_seed(args.seed)
     x = dequantize(images, generator)
     probe = make_probe(x, "gaussian", generator)
-    report = {"machine": machine_description(device), "device": str(device), "torch": torch.__version__,
-              "command": "python benchmarks/likelihood_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "model": "mnist-ve", "tolerances": TOLERANCE, "seed": args.seed, "batch": args.batch,
+    report = {**provenance(device, argv), "model": "mnist-ve", "tolerances": TOLERANCE, "seed": args.seed, "batch": args.batch,
               "images": f"all {len(images)} MNIST test images, in order", "bpd": [], "seconds": 0.0}
     if args.resume and args.out.exists():
         earlier = json.loads(args.out.read_text())
@@ -159,8 +164,8 @@ def full_test_set(model, sde, images, args, device, argv):
             print(f"--resume: {args.out} was made with another seed / batch / tolerances; starting afresh")
     for first in range(len(report["bpd"]), len(images), args.batch):
         part = slice(first, first + args.batch)
-        bpd, seconds = bpd_of(model, sde, x[part], probe[part], "torchdiffeq", args.batch, device,
-                              torch.float32, f"images {first}-{min(first + args.batch, len(images))}")
+        bpd, seconds, _ = bpd_of(model, sde, x[part], probe[part], "torchdiffeq", args.batch, device,
+                                 torch.float32, f"images {first}-{min(first + args.batch, len(images))}")
         report["bpd"] += bpd.tolist()
         report["seconds"] += seconds
         estimate = mean_and_standard_error(torch.tensor(report["bpd"], dtype=torch.float64))
@@ -201,19 +206,10 @@ def bf16_check(model, sde, images, args, device, argv):
     probe = make_probe(x, "gaussian", generator)
     runs = {}
     for name, network in (("float32", model), ("bf16", bf16_network(model, device))):
-        bpd, nfe, start = [], [], time.perf_counter()
-        for i in tqdm(range(0, len(x), args.batch), desc=f"network in {name}", unit="batch"):
-            part = slice(i, i + args.batch)
-            result = ode_likelihood(network, sde, x[part].to(device), probe=probe[part].to(device),
-                                    solver="torchdiffeq", **TOLERANCE)
-            bpd.append(bits_per_dim(result.log_p, x[0].numel()).cpu())
-            nfe.append(result.nfe)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        runs[name] = {"bpd": torch.cat(bpd), "nfe": nfe, "seconds": time.perf_counter() - start}
-    check = {"machine": machine_description(device), "device": str(device), "torch": torch.__version__,
-             "command": "python benchmarks/likelihood_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
-             "date": datetime.date.today().isoformat(), "n": len(x), "batch": args.batch,
+        bpd, seconds, nfe = bpd_of(network, sde, x, probe, "torchdiffeq", args.batch, device, torch.float32,
+                                   f"network in {name}")
+        runs[name] = {"bpd": bpd, "nfe": nfe, "seconds": seconds}
+    check = {**provenance(device, argv), "n": len(x), "batch": args.batch,
              **{name: {"bpd_mean": run["bpd"].mean().item(), "nfe_per_batch": run["nfe"],
                        "seconds": run["seconds"]} for name, run in runs.items()},
              **bf16_verdict(runs["float32"]["bpd"], runs["bf16"]["bpd"],

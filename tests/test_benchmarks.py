@@ -69,7 +69,7 @@ def test_full_test_set_run_resumes_after_an_interrupt_without_changing_the_resul
         calls.append(len(x))
         if interrupt_at is not None and len(calls) == interrupt_at:
             raise KeyboardInterrupt
-        return x.flatten(1).mean(1) + probe.flatten(1).mean(1), 1.0
+        return x.flatten(1).mean(1) + probe.flatten(1).mean(1), 1.0, [1]
 
     monkeypatch.setattr(likelihood_speed, "bpd_of", fake_bpd_of)
     images = torch.rand(7, 1, 4, 4, generator=torch.Generator().manual_seed(0))
