@@ -89,6 +89,15 @@ class SDE(abc.ABC):
     def marginal_std(self, t: torch.Tensor) -> torch.Tensor:
         """sqrt(v(t)): the solution of v' = 2 A(t) v + g(t)^2 with v(0) = 0."""
 
+    def scaled_std(self, t: torch.Tensor) -> torch.Tensor:
+        """sigma~(t) = std(t) / m(t): the noise level of x / m(t) = x_0 + sigma~(t) z (Karras et al.
+        2022, eq. 4); increasing in t for every SDE here."""
+        return self.marginal_std(t) / self.mean_coeff(t)
+
+    @abc.abstractmethod
+    def time_of_scaled_std(self, sigma: torch.Tensor) -> torch.Tensor:
+        """t(sigma~), the inverse of `scaled_std`, in closed form (EDM's sigma^-1)."""
+
     @property
     @abc.abstractmethod
     def prior_std(self) -> float:
@@ -196,6 +205,11 @@ class VESDE(SDE):
     def marginal_std(self, t):
         return torch.sqrt((self.sigma ** (2 * t) - 1.0) / (2 * math.log(self.sigma)))
 
+    def time_of_scaled_std(self, sigma):
+        """From v = (sigma^(2t) - 1) / (2 ln sigma): t = ln(1 + 2 ln(sigma) v) / (2 ln sigma)."""
+        log_sigma = math.log(self.sigma)
+        return torch.log1p(2 * log_sigma * torch.as_tensor(sigma) ** 2) / (2 * log_sigma)
+
     @property
     def prior_std(self):
         return math.sqrt((self.sigma ** (2 * self.T) - 1.0) / (2 * math.log(self.sigma)))
@@ -239,6 +253,11 @@ class GeometricVESDE(SDE):
     def marginal_std(self, t):
         return torch.sqrt(self.sigma(t) ** 2 - self.sigma_min ** 2)
 
+    def time_of_scaled_std(self, sigma):
+        """From v = s_min^2 ((s_max/s_min)^(2t) - 1): t = ln(1 + v / s_min^2) / (2 ln(s_max/s_min))."""
+        ratio = torch.as_tensor(sigma) / self.sigma_min
+        return torch.log1p(ratio ** 2) / (2 * math.log(self.sigma_max / self.sigma_min))
+
     @property
     def prior_std(self):
         return math.sqrt(self.sigma_max ** 2 - self.sigma_min ** 2)
@@ -274,6 +293,14 @@ class _BetaSchedule:
         """m(t) / x_0 = exp(-B(t) / 2)."""
         return torch.exp(-0.5 * self.integrated_beta(t))
 
+    def time_of_integrated_beta(self, b):
+        """The t >= 0 with B(t) = b: the positive root of (beta_max - beta_min) t^2 / 2 + beta_min t
+        - b = 0, written t = 2 b / (beta_min + sqrt(beta_min^2 + 2 (beta_max - beta_min) b)) so that
+        it stays accurate for small b."""
+        b = torch.as_tensor(b)
+        root = torch.sqrt(self.beta_min ** 2 + 2 * (self.beta_max - self.beta_min) * b)
+        return 2 * b / (self.beta_min + root)
+
     def langevin_alpha(self, t, dt):
         """alpha_i = 1 - beta_i with the DDPM betas beta_i = beta(t_i) dt (paper Alg. 5)."""
         return 1.0 - self.beta(t) * dt
@@ -297,6 +324,14 @@ class VPSDE(_BetaSchedule, SDE):
 
     def marginal_std(self, t):
         return torch.sqrt(-torch.expm1(-self.integrated_beta(t)))
+
+    def scaled_std(self, t):
+        """sigma~^2 = v / m^2 = (1 - e^-B) e^B = e^B - 1."""
+        return torch.sqrt(torch.expm1(self.integrated_beta(t)))
+
+    def time_of_scaled_std(self, sigma):
+        """B = ln(1 + sigma~^2), then t from B."""
+        return self.time_of_integrated_beta(torch.log1p(torch.as_tensor(sigma) ** 2))
 
     @property
     def prior_std(self):
@@ -324,6 +359,14 @@ class SubVPSDE(_BetaSchedule, SDE):
 
     def marginal_std(self, t):
         return -torch.expm1(-self.integrated_beta(t))
+
+    def scaled_std(self, t):
+        """sigma~ = (1 - e^-B) e^(B/2) = 2 sinh(B / 2)."""
+        return 2 * torch.sinh(0.5 * self.integrated_beta(t))
+
+    def time_of_scaled_std(self, sigma):
+        """B = 2 asinh(sigma~ / 2), then t from B."""
+        return self.time_of_integrated_beta(2 * torch.asinh(torch.as_tensor(sigma) / 2))
 
     @property
     def prior_std(self):

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .losses import dsm_loss
+from .losses import dsm_loss, importance_weight, sample_time
 from .nets import ScoreNet, net_from_config
 from .sde import SDE, make_sde, normal_like
 
@@ -172,7 +172,7 @@ def default_device() -> torch.device:
 def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
           batch_size: int = 128, lr: float = 5e-4, warmup_steps: int = 500, schedule: str = "cosine",
           ema_decay: float = 0.999, grad_clip: float = 1.0, eps: float = 1e-5, weighting: str = "std2",
-          seed: int = 0, device=None, checkpoint: str | Path | None = None,
+          importance_sampling: bool = False, dequantize: bool = False, seed: int = 0, device=None, checkpoint: str | Path | None = None,
           checkpoint_every: float = 120.0, time_budget: float | None = None, max_steps: int | None = None,
           bf16: bool = False, channels_last: bool = False, compile: bool = False,
           progress: bool = True) -> dict:
@@ -197,7 +197,8 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     total_steps = epochs * steps_per_epoch
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
                 "schedule": schedule, "ema_decay": ema_decay, "grad_clip": grad_clip, "eps": eps,
-                "weighting": weighting, "seed": seed, "bf16": bf16, "channels_last": channels_last,
+                "weighting": weighting, "importance_sampling": importance_sampling,
+                "dequantize": dequantize, "seed": seed, "bf16": bf16, "channels_last": channels_last,
                 "compile": compile, "world_size": world, "dataset_size": n}
 
     model = model.to(device)
@@ -245,6 +246,9 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
         if checkpoint is not None and rank == 0:
             save_checkpoint(state_dict(), checkpoint)
 
+    # With importance sampling the loss carries the constant Z / (T - eps) (about 16 for the
+    # tutorial's VE); the step uses loss / Z so that grad_clip sees gradients of the usual size.
+    loss_scale = importance_weight(sde, eps) if importance_sampling else 1.0
     local = batch_size // world
     start, last_save = time.monotonic(), time.monotonic()
     epoch_start = time.monotonic()
@@ -258,17 +262,24 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
                 perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
                 perm, perm_epoch = perm.to(device), epoch
             idx = perm[i * batch_size:(i + 1) * batch_size]
-            t = torch.rand(batch_size, generator=noise_gen, device=device) * (sde.T - eps) + eps
+            t = sample_time(sde, batch_size, eps=eps, importance_sampling=importance_sampling,
+                            generator=noise_gen, device=device)
             z = torch.randn((batch_size,) + tuple(data.shape[1:]), generator=noise_gen, device=device)
             shard = slice(rank * local, (rank + 1) * local)
-            x0 = data[idx[shard]].contiguous(memory_format=memory_format) if data.ndim == 4 else data[idx[shard]]
+            x0 = data[idx[shard]]
+            if dequantize:  # the uniformly dequantised images the likelihood is evaluated on
+                u = torch.rand((batch_size,) + tuple(data.shape[1:]), generator=noise_gen, device=device)
+                x0 = (255 * x0 + u[shard].to(x0.dtype)) / 256
+            x0 = x0.contiguous(memory_format=memory_format) if data.ndim == 4 else x0
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, lr, warmup_steps, schedule)
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = dsm_loss(step_model, sde, x0, t=t[shard], z=z[shard].to(x0.dtype), weighting=weighting)
+                    loss = dsm_loss(step_model, sde, x0, t=t[shard], z=z[shard].to(x0.dtype),
+                                    weighting=weighting, importance_sampling=importance_sampling,
+                                    eps=eps)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss / loss_scale).backward()
             except torch.cuda.OutOfMemoryError as exc:
                 raise RuntimeError(f"CUDA out of memory at batch size {batch_size} ({local} per process) "
                                    f"on {device}: lower --batch-size") from exc
@@ -437,6 +448,13 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup-steps", type=int, default=500)
     parser.add_argument("--schedule", default="cosine", choices=["cosine", "constant"])
     parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--weighting", default="std2", choices=["std2", "likelihood"])
+    parser.add_argument("--importance-sampling", action="store_true",
+                        help="t with density g^2/v (likelihood weighting): ln sigma~^2 uniform")
+    parser.add_argument("--noise-input", default="time", choices=["time", "log_sigma"],
+                        help="what ScoreNet's time embedding is fed")
+    parser.add_argument("--dequantize", action="store_true",
+                        help="train on uniformly dequantised images (255 x + u) / 256")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
@@ -466,11 +484,12 @@ def main(argv=None) -> None:
     if args.subset:
         images = images[:args.subset]
     torch.manual_seed(args.seed)  # the Fourier features of a new net
-    model = ScoreNet(sde)
+    model = ScoreNet(sde, noise_input=args.noise_input)
     try:
         state = train(model, sde, images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
               warmup_steps=args.warmup_steps, schedule=args.schedule, ema_decay=args.ema_decay,
-              seed=args.seed, device=device, checkpoint=args.out, time_budget=args.time_budget,
+              weighting=args.weighting, importance_sampling=args.importance_sampling,
+              dequantize=args.dequantize, seed=args.seed, device=device, checkpoint=args.out, time_budget=args.time_budget,
               max_steps=args.max_steps, bf16=args.bf16, channels_last=args.channels_last,
               compile=args.compile)
         complete = state["step"] == args.epochs * (len(images) // args.batch_size)
