@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of issues 4 and 6 as one prepared run (about 8 minutes on one H100 / H200),
+# The GPU measurements as one prepared run (about 8 minutes on one H100 / H200),
 # for a session that is lent a GPU machine with a short device budget. Nothing here is needed on a
 # CPU: the same benchmarks run there with their CPU settings (see each script's docstring).
 #
@@ -9,7 +9,7 @@
 # The device machine cannot reach the network, so MNIST travels as .device-data/mnist.tgz (git-
 # ignored). Its torch may be older than requirements.txt pins; sdelib is used from the checkout
 # (PYTHONPATH), nothing is installed there. Every result lands in $OUT (the tool's return folder)
-# as JSON + log; copy the JSON into benchmarks/results/ after reading it.
+# as JSON + log; copy the JSON into sdelib/results/ after reading it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,15 +48,15 @@ step() {   # step NAME TIMEOUT COMMAND...: run one check, keep its log, go on wh
     [[ $rc == 0 ]] || status=1
 }
 
-# Issue 4: the tutorial loop's throughput for 45 s, projected to its 50 epochs, against the fast
+# Training speed: the tutorial loop's throughput for 45 s, projected to its 50 epochs, against the fast
 # path's whole 30-epoch schedule with bf16, channels_last and compile, then its EMA test DSM loss.
 step train_speed 300 python benchmarks/train_speed.py --full-run --device $DEVICE $TRAIN \
     --batch-size 128 --lr 5e-4 --out "$OUT/train_speed_${DEVICE}_full_run.json"
-# Issue 6: scipy vs batched torchdiffeq on 256 images, then bpd of the full 10k test set (target <= 60 s).
+# Likelihood: scipy vs batched torchdiffeq on 256 images, then bpd of the full 10k test set (target <= 60 s).
 step likelihood 140 python benchmarks/likelihood_speed.py $LIKELIHOOD --out "$OUT/likelihood_speed_$DEVICE.json"
-# Issue 6: does a bf16 network leave the bits/dim unchanged, and is it faster on the GPU? (same JSON)
+# Likelihood in bf16: does a bf16 network leave the bits/dim unchanged, and is it faster on the GPU? (same JSON)
 step bf16 40 python benchmarks/likelihood_speed.py $BF16 --out "$OUT/likelihood_speed_$DEVICE.json"
-# Issue 6: the sampler sweep's wall times (and distances) on the GPU.
+# Samplers: the sweep's wall times (and distances) on the GPU.
 step samplers 110 python benchmarks/samplers.py $SAMPLERS --out "$OUT/samplers_$DEVICE.json"
 ls -l "$OUT"
 exit $status

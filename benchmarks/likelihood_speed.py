@@ -9,14 +9,14 @@
   the bpd of each (they must agree within 0.01 bpd).
 - Evaluation (`--subset` images, first of the test set; the full 10k with a GPU): the fast path's
   bpd, mean ± standard error.
-Writes benchmarks/results/likelihood_speed.json (machine, command, date, and the figures above:
+Writes sdelib/results/likelihood_speed.json (machine, command, date, and the figures above:
 bpd_mean, bpd_standard_error, n, ...). The likelihood chapter reads it.
 
     python benchmarks/likelihood_speed.py --full-test-set [--batch 500] [--resume]
 
 - The whole test set (10,000 images) with the fast path, no comparison: one dequantisation and one
   probe per image drawn up front from `--seed`, then batch after batch; the per-image bpd are written
-  to benchmarks/results/likelihood_full.json after every batch (with `complete`, the running mean
+  to sdelib/results/likelihood_full.json after every batch (with `complete`, the running mean
   ± standard error and the seconds spent), and `--resume` continues a run with the same seed and
   batch (identical images, probes and batches), so an interrupted CPU run (about 2 hours on 2
   cores) loses at most one batch. On a GPU it is one ~minute run.
@@ -27,26 +27,26 @@ bpd_mean, bpd_standard_error, n, ...). The likelihood chapter reads it.
   float32 and under bf16 autocast (the ODE state, the solver and the divergence sum stay float32),
   same images and probes. Records each bpd, NFE and seconds, the paired difference, and the verdict
   (bf16 only if it leaves the figure unchanged: |mean difference| <= 0.001 bpd, a tenth of the
-  issue's 0.01 agreement, *and* it is faster here) as "bf16_check" in likelihood_speed.json,
+  0.01 agreement asked of the fast path, *and* it is faster here) as "bf16_check" in likelihood_speed.json,
   keeping that file's other figures.
 """
 import argparse
 import datetime
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from sdelib.data import load_mnist
-from sdelib.likelihood import bits_per_dim, dequantize, make_probe, ode_likelihood
+from sdelib.device import default_device
+from sdelib.likelihood import dataset_bpd, dequantize, make_probe
 from sdelib.metrics import mean_and_standard_error
-from sdelib.train import default_device, load_pretrained, machine_description
+from sdelib.pretrained import load_pretrained
+from sdelib.provenance import RESULTS_DIR, provenance, write_result
 
-RESULTS = Path(__file__).parent / "results" / "likelihood_speed.json"
-FULL_RESULTS = Path(__file__).parent / "results" / "likelihood_full.json"
+RESULTS = RESULTS_DIR / "likelihood_speed.json"
+FULL_RESULTS = RESULTS_DIR / "likelihood_full.json"
 TOLERANCE = dict(rtol=1e-5, atol=1e-5, eps=1e-5)
 BF16_UNCHANGED = 0.001   # bpd: the largest mean change of the figure that still counts as unchanged
 
@@ -54,23 +54,9 @@ BF16_UNCHANGED = 0.001   # bpd: the largest mean change of the figure that still
 def bpd_of(model, sde, x, probe, solver, batch, device, dtype, desc):
     """bpd of the dequantised images x with fixed probes, in batches: (bpd, seconds, NFE per batch).
     `model` is any score function (the bf16 check passes a wrapped network)."""
-    out, nfe, start = [], [], time.perf_counter()
-    for i in tqdm(range(0, len(x), batch), desc=desc, unit="batch"):
-        part = slice(i, i + batch)
-        result = ode_likelihood(model, sde, x[part].to(device, dtype), probe=probe[part].to(device, dtype),
-                                solver=solver, **TOLERANCE)
-        out.append(bits_per_dim(result.log_p, x[0].numel()).cpu())
-        nfe.append(result.nfe)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return torch.cat(out), time.perf_counter() - start, nfe
-
-
-def provenance(device, argv) -> dict:
-    """Machine, device, torch version, command line and date of this run, for its JSON."""
-    return {"machine": machine_description(device), "device": str(device), "torch": torch.__version__,
-            "command": "python benchmarks/likelihood_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "date": datetime.date.today().isoformat()}
+    result = dataset_bpd(model, sde, x, probe, batch_size=batch, device=device, dtype=dtype,
+                         desc=desc, solver=solver, **TOLERANCE)
+    return result.bpd, result.seconds, result.nfe
 
 
 def main(argv=None):
@@ -112,7 +98,7 @@ def main(argv=None):
                                     device, torch.float32, f"torchdiffeq, batch {args.batch}")
     difference = (fast_bpd.mean() - scipy_bpd.mean()).item()
     report = {
-        **provenance(device, argv), "model": "mnist-ve", "tolerances": TOLERANCE,
+        **provenance(device, "python benchmarks/likelihood_speed.py", argv), "model": "mnist-ve", "tolerances": TOLERANCE,
         "comparison": {
             "n": args.compare,
             "scipy": {"images_per_s": args.compare / scipy_seconds, "seconds": scipy_seconds,
@@ -140,8 +126,7 @@ def main(argv=None):
     print(f"bpd on the first {estimate.n} test images: {estimate}")
     if abs(difference) > 0.01:
         report["warning"] = "scipy and fast paths disagree by more than 0.01 bpd"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_result(report, args.out)
     print(f"wrote {args.out}")
     if abs(difference) > 0.01:
         sys.exit(f"scipy and fast bpd differ by {difference:+.4f} > 0.01")
@@ -152,7 +137,7 @@ def full_test_set(model, sde, images, args, device, argv):
     generator = torch.Generator().manual_seed(args.seed)
     x = dequantize(images, generator)
     probe = make_probe(x, "gaussian", generator)
-    report = {**provenance(device, argv), "model": "mnist-ve", "tolerances": TOLERANCE, "seed": args.seed, "batch": args.batch,
+    report = {**provenance(device, "python benchmarks/likelihood_speed.py", argv), "model": "mnist-ve", "tolerances": TOLERANCE, "seed": args.seed, "batch": args.batch,
               "images": f"all {len(images)} MNIST test images, in order", "bpd": [], "seconds": 0.0}
     if args.resume and args.out.exists():
         earlier = json.loads(args.out.read_text())
@@ -172,10 +157,7 @@ def full_test_set(model, sde, images, args, device, argv):
         report.update(n=estimate.n, bpd_mean=estimate.mean, bpd_standard_error=estimate.standard_error,
                       complete=estimate.n == len(images), date=datetime.date.today().isoformat(),
                       images_per_s=estimate.n / report["seconds"])
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        partial = args.out.with_name(args.out.name + ".tmp")    # written whole, then renamed: a kill
-        partial.write_text(json.dumps(report) + "\n")          # mid-write cannot corrupt the JSON
-        partial.replace(args.out)
+        write_result(report, args.out, indent=None)   # whole, then renamed: a kill cannot corrupt it
         print(f"{estimate.n} images: bpd {estimate} ({report['seconds']:.0f} s so far)", flush=True)
 
 
@@ -209,7 +191,7 @@ def bf16_check(model, sde, images, args, device, argv):
         bpd, seconds, nfe = bpd_of(network, sde, x, probe, "torchdiffeq", args.batch, device, torch.float32,
                                    f"network in {name}")
         runs[name] = {"bpd": bpd, "nfe": nfe, "seconds": seconds}
-    check = {**provenance(device, argv), "n": len(x), "batch": args.batch,
+    check = {**provenance(device, "python benchmarks/likelihood_speed.py", argv), "n": len(x), "batch": args.batch,
              **{name: {"bpd_mean": run["bpd"].mean().item(), "nfe_per_batch": run["nfe"],
                        "seconds": run["seconds"]} for name, run in runs.items()},
              **bf16_verdict(runs["float32"]["bpd"], runs["bf16"]["bpd"],
@@ -219,8 +201,7 @@ def bf16_check(model, sde, images, args, device, argv):
           f"{check['bf16']['nfe_per_batch']}, {check['bf16']['seconds']:.0f} s: {check['verdict']}")
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
     report["bf16_check"] = check
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_result(report, args.out)
     print(f"wrote bf16_check into {args.out}")
 
 

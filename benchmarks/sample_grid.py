@@ -3,24 +3,23 @@
     python benchmarks/sample_grid.py [--steps 500] [--seed 0]
 
 Euler–Maruyama with the tutorial's settings (500 steps, eps = 1e-3) from `load_pretrained("mnist-ve")`;
-writes benchmarks/results/mnist-ve-em-samples.png (8 x 8 digits, clamped to [0, 1]) and a JSON
+writes sdelib/results/mnist-ve-em-samples.png (8 x 8 digits, clamped to [0, 1]) and a JSON
 sidecar with the command, machine, wall time and the evaluation classifier's class balance.
 """
 import argparse
-import datetime
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 from sdelib.metrics import class_balance
 from sdelib.samplers import euler_maruyama
-from sdelib.train import CHECKPOINT_DIR, default_device, load_pretrained, machine_description
+from sdelib.device import default_device
+from sdelib.pretrained import CHECKPOINT_DIR, load_pretrained
+from sdelib.provenance import RESULTS_DIR, provenance, write_result
 from sdelib.viz import save_image_grid
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = RESULTS_DIR
 
 
 def main(argv=None):
@@ -38,14 +37,12 @@ def main(argv=None):
     samples = samples.clamp(0, 1).cpu()
     RESULTS.mkdir(parents=True, exist_ok=True)
     save_image_grid(samples, RESULTS / "mnist-ve-em-samples.png", nrow=8)
-    report = {"machine": machine_description(device), "torch": torch.__version__, "seconds": seconds, "nfe": nfe,
-              "command": "python benchmarks/sample_grid.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "date": datetime.date.today().isoformat(),
-              "model_sha256": json.loads((CHECKPOINT_DIR / "mnist-ve.json").read_text())["sha256"]}
+    report = {**provenance(device, "python benchmarks/sample_grid.py", argv), "seconds": seconds,
+              "nfe": nfe, "model_sha256": json.loads((CHECKPOINT_DIR / "mnist-ve.json").read_text())["sha256"]}
     if (CHECKPOINT_DIR / "mnist-classifier.pt").exists():
         classifier, _ = load_pretrained("mnist-classifier")
         report["class_balance"] = [round(v, 4) for v in class_balance(classifier, samples).tolist()]
-    (RESULTS / "mnist-ve-em-samples.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_result(report, RESULTS / "mnist-ve-em-samples.json")
     print(json.dumps(report, indent=1))
 
 

@@ -15,7 +15,7 @@ SDE-DPM-Solver++(2M) (`dpm_solver_sde`, its eta chosen under --selection).
 generators are seeded per setting and batch) and runs only the missing settings, so an interrupted
 sweep loses at most one setting; a `note` written into the JSON by hand (which runs made which rows)
 is kept. The reference row (PC, 500 steps = 1,000 NFE, snr 0.16) runs first.
-Writes benchmarks/results/samplers.json and samplers.png; the chapter "Which sampler should I use?"
+Writes sdelib/results/samplers.json and samplers.png; the chapter "Which sampler should I use?"
 reads them.
 
 `--selection` runs the held-out protocol that chose the sweep's ≤ 50-NFE candidates before the sweep
@@ -26,8 +26,8 @@ reference and the few-step candidates); it writes results/sampler_selection.{jso
 import argparse
 import datetime
 import json
-import sys
 import time
+from functools import partial, update_wrapper
 from pathlib import Path
 
 import matplotlib
@@ -37,11 +37,15 @@ import torch
 
 from sdelib.data import load_mnist
 from sdelib.metrics import bootstrap_standard_error, class_balance, classifier_features, frechet_distance
+from sdelib.device import default_device
+from sdelib.pretrained import load_pretrained
+from sdelib.provenance import RESULTS_DIR, provenance, write_result
 from sdelib.samplers import (dpm_solver_sde, edm_stochastic, euler_maruyama, heun_ode, predictor_corrector,
-                             probability_flow_ode_torchdiffeq)
-from sdelib.train import default_device, load_pretrained, machine_description
+                             probability_flow_ode)
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = RESULTS_DIR
+# the adaptive ODE rows: dopri5 (RK45's Dormand–Prince pair) batched on the device
+ode_dopri5 = update_wrapper(partial(probability_flow_ode, solver="torchdiffeq"), probability_flow_ode)
 
 STOCHASTIC = [("EDM stochastic, Heun", edm_stochastic, dict(steps=s, order=2, churn=30.0)) for s in (5, 10, 25)] + \
              [("EDM stochastic, Euler", edm_stochastic, dict(steps=s, order=1, churn=30.0)) for s in (10, 25, 50)]
@@ -53,7 +57,7 @@ DPM_SOLVER = [("DPM-Solver++ SDE + Tweedie", dpm_solver_sde, dict(steps=s, order
 FULL = [("Euler–Maruyama", euler_maruyama, dict(steps=s)) for s in (10, 25, 50, 100, 250, 500)] + \
        [("predictor–corrector", predictor_corrector, dict(steps=s, snr=r))
         for r in (0.075, 0.16, 0.2) for s in (25, 100, 500)] + \
-       [("RK45 ODE", probability_flow_ode_torchdiffeq, dict(rtol=tol, atol=tol)) for tol in (1e-3, 1e-5)] + \
+       [("RK45 ODE", ode_dopri5, dict(rtol=tol, atol=tol)) for tol in (1e-3, 1e-5)] + \
        [("Heun ODE", heun_ode, dict(steps=s)) for s in (5, 10, 18, 25, 50)] + \
        [("Euler–Maruyama + Tweedie", euler_maruyama, dict(steps=s, denoise=True)) for s in (25, 100)] + \
        [("predictor–corrector + Tweedie", predictor_corrector, dict(steps=25, snr=0.16, denoise=True))] + \
@@ -70,7 +74,7 @@ SELECTION = [(REFERENCE[0], predictor_corrector, REFERENCE[1])] + \
             [("DPM-Solver++ SDE + Tweedie", dpm_solver_sde, dict(steps=49, order=2, eta=e, denoise=True)) for e in (1.5, 2.0, 3.0, 4.0, 6.0, 10.0)] + \
             [("EDM stochastic, Euler + Tweedie", edm_stochastic, dict(steps=49, order=1, churn=30.0, denoise=True))]
 QUICK = [("Heun ODE", heun_ode, dict(steps=s)) for s in (5, 10, 25)] + \
-        [("RK45 ODE", probability_flow_ode_torchdiffeq, dict(rtol=1e-3, atol=1e-3))] + \
+        [("RK45 ODE", ode_dopri5, dict(rtol=1e-3, atol=1e-3))] + \
         [("Euler–Maruyama", euler_maruyama, dict(steps=s)) for s in (25, 100, 250)] + \
         [("predictor–corrector", predictor_corrector, dict(steps=s, snr=0.16)) for s in (25, 500)] + \
         [STOCHASTIC[2], STOCHASTIC[5], DPM_SOLVER[2]]
@@ -177,15 +181,12 @@ def _earlier_rows(args):
 
 
 def save(rows, args, device, argv, plot=False):
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine_description(device), "torch": torch.__version__,
-              "command": "python benchmarks/samplers.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "date": datetime.date.today().isoformat(), "model": "mnist-ve",
+    report = {**provenance(device, "python benchmarks/samplers.py", argv), "model": "mnist-ve",
               "n": args.n, "batch": args.batch, "seed": args.seed,
               "features": "penultimate layer (128) of the shipped mnist-classifier", "rows": rows,
               "reference": args.reference, "selection": args.selection,
               **({"note": args.note} if args.note else {})}
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_result(report, args.out)
     if plot:
         draw(report, args.out.with_suffix(".png"))
 

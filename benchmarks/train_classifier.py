@@ -10,7 +10,7 @@ penultimate features define the Fréchet distance of `metrics` (not Inception FI
 sdelib/metrics.py), and it judges class-conditional samples.
 
 The second trains `nets.NoiseConditionalClassifier` on images perturbed by the VE SDE (sigma 25)
-at t ~ U(1e-3, 1), the *guiding* classifier of `samplers.classifier_guided_score`, and exports it
+at t ~ U(1e-3, 1), the *guiding* classifier of `controllable.classifier_guided_score`, and exports it
 to sdelib/checkpoints/mnist-noisy-classifier.{pt,json} (>= 97 % on clean test images to ship).
 """
 import argparse
@@ -24,8 +24,11 @@ import torch
 from sdelib.data import load_mnist
 from sdelib.nets import MNISTClassifier, NoiseConditionalClassifier
 from sdelib.sde import VESDE
-from sdelib.train import (CHECKPOINT_DIR, classifier_accuracy, default_device, export_pretrained,
-                          machine_description, save_checkpoint, train_classifier)
+from sdelib.device import default_device
+from sdelib.metrics import classifier_accuracy
+from sdelib.pretrained import CHECKPOINT_DIR, export_pretrained, save_checkpoint
+from sdelib.provenance import machine_description, provenance
+from sdelib.train import train_classifier
 
 
 def main(argv=None):
@@ -60,9 +63,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         save_checkpoint(state, Path(folder) / "classifier.pt")
         log = export_pretrained(Path(folder) / "classifier.pt", CHECKPOINT_DIR / f"{name}.pt",
-                                extra_log={"test_accuracy": accuracy, **extra, "machine": machine_description(device),
-                                           "torch": torch.__version__, "wall_seconds": round(wall, 1),
-                                           "command": "python benchmarks/train_classifier.py " + " ".join(sys.argv[1:])})
+                                extra_log={"test_accuracy": accuracy, **extra, "wall_seconds": round(wall, 1),
+                                           **provenance(device, "python benchmarks/train_classifier.py", argv)})
     print(f"exported {log['file']} sha256 {log['sha256']}")
 
 

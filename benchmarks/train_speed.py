@@ -6,19 +6,17 @@
         # the GPU check: the tutorial's throughput for --seconds, projected to its 50 epochs, against
         # the fast path's whole --epochs schedule run once (wall time, then its EMA test DSM loss)
 
-The tutorial loop is re-implemented as SPEC.md §2 describes it: torchvision-style MNIST items (PIL image
+The tutorial loop is re-implemented as the score-SDE MNIST tutorial (Song 2021) writes it: torchvision-style MNIST items (PIL image
 -> ToTensor per item), DataLoader(batch 32, shuffle, 4 workers), Adam 1e-4, the std^2-weighted DSM
 loss, fp32, no EMA. The fast path is `sdelib.train.train`: the dataset resident on the device, batches
 by index, larger batch with warm-up + cosine, EMA, and optionally bf16 / channels_last / compile.
-Results are printed and written as JSON (machine, command, date) to benchmarks/results/.
+Results are printed and written as JSON (machine, command, date) to sdelib/results/.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,9 +31,12 @@ from sdelib.losses import dsm_loss
 from sdelib.metrics import dsm_test_loss
 from sdelib.nets import ScoreNet
 from sdelib.sde import VESDE
-from sdelib.train import default_device, machine_description, train
+from sdelib.device import default_device
+from sdelib.pretrained import model_from_checkpoint
+from sdelib.provenance import RESULTS_DIR, provenance, write_result
+from sdelib.train import train
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = RESULTS_DIR
 
 
 class TutorialMNIST(Dataset):
@@ -92,9 +93,8 @@ def fast_path(images, device, args, seconds=None, target=None, evaluate=None):
             elapsed = time.perf_counter() - start
             seen = state["step"] * args.batch_size
             if target is not None:
-                ema = ScoreNet(sde).to(device)
-                ema.load_state_dict(state["ema"])
-                if evaluate(ema.eval(), sde) <= target:
+                ema, _ = model_from_checkpoint(state, map_location=device)
+                if evaluate(ema.to(device), sde) <= target:
                     return seen / elapsed, elapsed
             elif elapsed >= seconds:
                 return seen / elapsed, None
@@ -113,9 +113,8 @@ def full_run(images, device, args, evaluate):
                       device=device, bf16=args.bf16, channels_last=args.channels_last, compile=args.compile,
                       checkpoint=Path(folder) / "fast.pt", checkpoint_every=1e9)
         seconds = time.perf_counter() - start
-    ema = ScoreNet(sde).to(device)
-    ema.load_state_dict(state["ema"])
-    loss = dsm_test_loss(ema.eval(), sde, evaluate.images, device=device)
+    ema, _ = model_from_checkpoint(state, map_location=device)
+    loss = dsm_test_loss(ema.to(device), sde, evaluate.images, device=device)
     return seconds, state["step"] * args.batch_size / seconds, (loss.mean, loss.standard_error), state["history"]
 
 
@@ -179,13 +178,10 @@ def report_full_run(images, device, args, evaluate):
 def write(device, args, default_name, figures):
     """Print the figures and write them with the machine, command and date to --out (default:
     results/<default_name>)."""
-    result = {"machine": machine_description(device), "platform": platform.platform(),
-              "torch": torch.__version__, "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
-              "date": datetime.date.today().isoformat(), "settings": vars(args), **figures}
+    result = {**provenance(device, "python benchmarks/train_speed.py"), "platform": platform.platform(),
+              "settings": vars(args), **figures}
     print(json.dumps({k: v for k, v in result.items() if k != "fast_history"}, indent=1, default=str))
-    out = args.out or RESULTS / default_name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_result(json.loads(json.dumps(result, default=str)), args.out or RESULTS / default_name)
 
 
 if __name__ == "__main__":

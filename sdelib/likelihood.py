@@ -6,7 +6,7 @@ change-of-variables formula (Chen et al. 2018) gives d log p_t(x(t)) / dt = -div
     log p_0(x(0)) = log p_T(x(T)) + int_0^T div f~(x(t), t) dt          (paper eq. (39)).
 
 We integrate [x, delta_logp] from eps to T and replace p_T by the prior (for VE sigma = 25 this
-approximation costs about |mu|^2 / (2 std(1)^2) nats on data of mean mu; SPEC §4). The divergence
+approximation costs about |mu|^2 / (2 std(1)^2) nats on data of mean mu). The divergence
 is exact (D backward passes: for toy data) or the Skilling–Hutchinson estimate E[e^T (df~/dx) e]
 with one fixed Gaussian or Rademacher probe e per ODE solve (one backward pass per evaluation).
 
@@ -24,11 +24,14 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
-from .samplers import CountedDrift, ODEConvergenceError
+from .ode import check_solver, solve
 from .sde import SDE, normal_like
+
+__all__ = ["DIVERGENCES", "LikelihoodResult", "BpdResult", "exact_divergence",
+           "hutchinson_divergence", "make_probe", "ode_likelihood", "dequantize", "bits_per_dim",
+           "check_unit_images", "image_bpd", "DatasetBpd", "dataset_bpd"]
 
 DIVERGENCES = ("exact", "gaussian", "rademacher")
 
@@ -68,19 +71,20 @@ def make_probe(x: torch.Tensor, kind: str, generator=None) -> torch.Tensor:
 
 def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
                    divergence: str = "gaussian", rtol: float = 1e-5, atol: float = 1e-5,
-                   solver: str = "scipy", max_nfe: int = 20_000, generator=None,
-                   prior_logp=None, probe: torch.Tensor | None = None) -> LikelihoodResult:
+                   solver: str = "scipy", method: str | None = None, max_nfe: int = 20_000,
+                   generator=None, prior_logp=None,
+                   probe: torch.Tensor | None = None) -> LikelihoodResult:
     """log p_0(x) for a batch by the probability-flow ODE from eps to T (eq. (39)).
 
     divergence: 'exact', 'gaussian' or 'rademacher' (Hutchinson, one probe per sample drawn with
-    `generator`); solver: 'scipy' (RK45 on one float64 vector, as the tutorial) or 'torchdiffeq'
-    (dopri5, batched on x's device and dtype). `prior_logp(z)` defaults to sde.prior_logp; pass the
-    exact log p_T to remove the prior approximation (tests do). `probe` fixes the Hutchinson probes
+    `generator`); solver and method as in `samplers.probability_flow_ode` ('scipy': RK45 on one
+    float64 vector, as the tutorial; 'torchdiffeq': dopri5, batched on x's device and dtype).
+    `prior_logp(z)` defaults to sde.prior_logp; pass the exact log p_T to remove the prior
+    approximation (tests do). `probe` fixes the Hutchinson probes
     (shape of x) instead of drawing them, so two solvers can be compared on identical estimates."""
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
-    if solver not in ("scipy", "torchdiffeq"):
-        raise ValueError(f"unknown solver {solver!r}; choose 'scipy' or 'torchdiffeq'")
+    check_solver(solver, method)
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).nonzero().flatten().tolist()
         raise ValueError(f"x has non-finite values in samples {bad[:10]}")
@@ -100,42 +104,15 @@ def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
             return exact_divergence(drift, x_t, t_vec)
         return hutchinson_divergence(drift, x_t, t_vec, probe)
 
-    drift_and_div = CountedDrift(drift_and_divergence, max_nfe, what="likelihood ODE")
-
-    if solver == "scipy":
-        from scipy import integrate
-
-        def ode_func(t, y):
-            x_t = torch.as_tensor(y[:-batch], device=x.device, dtype=x.dtype).reshape(shape)
-            t_vec = torch.full((batch,), t, device=x.device, dtype=x.dtype)
-            dx, div = drift_and_div(x_t, t_vec)
-            return np.concatenate([dx.reshape(-1).double().cpu().numpy(), div.double().cpu().numpy()])
-
-        y0 = np.concatenate([x.reshape(-1).double().cpu().numpy(), np.zeros(batch)])
-        sol = integrate.solve_ivp(ode_func, (eps, sde.T), y0, rtol=rtol, atol=atol, method="RK45")
-        if not sol.success:
-            raise ODEConvergenceError(f"likelihood ODE failed: {sol.message}")
-        z = torch.as_tensor(sol.y[:-batch, -1], device=x.device, dtype=x.dtype).reshape(shape)
-        delta_logp = torch.as_tensor(sol.y[-batch:, -1], device=x.device, dtype=torch.float64)
-    else:
-        from torchdiffeq import odeint
-
-        def ode_func(t, state):
-            x_t, _ = state
-            t = t.clamp(min=eps, max=sde.T)  # dopri5's first-step probe may leave the interval
-            dx, div = drift_and_div(x_t, t.expand(batch).to(x_t.dtype))
-            return dx, div
-
-        times = torch.tensor([eps, sde.T], device=x.device, dtype=x.dtype)
-        state0 = (x.detach(), torch.zeros(batch, device=x.device, dtype=x.dtype))
-        try:
-            with torch.no_grad():
-                z_path, logp_path = odeint(ode_func, state0, times, rtol=rtol, atol=atol, method="dopri5")
-        except AssertionError as exc:  # torchdiffeq asserts on step-size underflow
-            raise ODEConvergenceError(f"likelihood ODE failed after {drift_and_div.nfe} evaluations: {exc}") from exc
-        z, delta_logp = z_path[-1], logp_path[-1].double()
+    # scipy integrates in float64 anyway: keep the log-density there; torchdiffeq keeps x's dtype.
+    logp_dtype = torch.float64 if solver == "scipy" else x.dtype
+    state = (x.detach(), torch.zeros(batch, device=x.device, dtype=logp_dtype))
+    (z, delta_logp), nfe = solve(lambda s, t_vec: drift_and_divergence(s[0], t_vec), state, eps,
+                                 sde.T, solver=solver, method=method, rtol=rtol, atol=atol,
+                                 max_nfe=max_nfe, what="likelihood ODE")
+    delta_logp = delta_logp.double()
     prior = (prior_logp or sde.prior_logp)(z).double()
-    return LikelihoodResult(prior + delta_logp, z, drift_and_div.nfe)
+    return LikelihoodResult(prior + delta_logp, z, nfe)
 
 
 class BpdResult(NamedTuple):
@@ -171,3 +148,39 @@ def image_bpd(score_fn, sde: SDE, images: torch.Tensor, *, generator=None, **kwa
     x = dequantize(images, generator)
     result = ode_likelihood(score_fn, sde, x, generator=generator, **kwargs)
     return BpdResult(bits_per_dim(result.log_p, x[0].numel()), result.z, result.nfe)
+
+
+class DatasetBpd(NamedTuple):
+    bpd: torch.Tensor        # (n,) bits per dimension of each image, on the CPU
+    nfe: list                # evaluations of each batch's ODE solve
+    seconds: float           # wall time of all batches
+
+
+def dataset_bpd(score_fn, sde: SDE, x: torch.Tensor, probe: torch.Tensor | None = None, *,
+                batch_size: int = 500, divergence: str = "gaussian", generator=None, device=None,
+                dtype=torch.float32, progress: bool = True, desc: str = "bits/dim",
+                **ode_kwargs) -> DatasetBpd:
+    """Bits/dim of many dequantised images x (e.g. `dequantize(images, generator)`), batch by batch.
+
+    One Hutchinson probe per image is drawn up front (with `generator`, unless `probe` is given),
+    so the figures do not depend on the batch size and two solvers can be compared on identical
+    estimates. Batches run on `device` (default: x's) in `dtype`; `ode_kwargs` go to
+    `ode_likelihood` (solver, rtol, atol, eps, ...)."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    if probe is None:
+        probe = None if divergence == "exact" else make_probe(x, divergence, generator)
+    device = torch.device(device) if device is not None else x.device
+    out, nfe, start = [], [], time.perf_counter()
+    for first in tqdm(range(0, len(x), batch_size), desc=desc, unit="batch", disable=not progress):
+        part = slice(first, first + batch_size)
+        result = ode_likelihood(score_fn, sde, x[part].to(device, dtype), divergence=divergence,
+                                probe=None if probe is None else probe[part].to(device, dtype),
+                                **ode_kwargs)
+        out.append(bits_per_dim(result.log_p, x[0].numel()).cpu())
+        nfe.append(result.nfe)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return DatasetBpd(torch.cat(out), nfe, time.perf_counter() - start)

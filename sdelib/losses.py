@@ -27,6 +27,9 @@ import torch
 
 from .sde import SDE, append_dims, normal_like
 
+__all__ = ["WEIGHTINGS", "dsm_loss", "sample_time", "importance_weight",
+           "log_scaled_variance_range"]
+
 WEIGHTINGS = ("std2", "likelihood")
 
 

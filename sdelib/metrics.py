@@ -3,6 +3,7 @@
 - `mean_and_standard_error(values)`: the sample mean and s / sqrt(n).
 - `dsm_test_loss`: the tutorial-weighted DSM loss of a model on held-out images, with t ~ U(eps, 1)
   and z drawn from a fixed seed, so two models (or two runs) see the same noise.
+- `classifier_accuracy` and `class_balance`: how a classifier scores real or generated digits.
 - `frechet_distance(features_a, features_b)`: the Fréchet distance between Gaussians fitted to two
   feature sets, |mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2) (Heusel et al. 2017,
   eq. 6), with `bootstrap_standard_error`. With `classifier_features` of the MNIST classifier
@@ -16,9 +17,14 @@ import math
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from .losses import dsm_loss
-from .sde import SDE
+from .sde import SDE, normal_like
+
+__all__ = ["Estimate", "mean_and_standard_error", "frechet_distance_from_moments",
+           "frechet_distance", "bootstrap_standard_error", "classifier_features", "class_balance",
+           "dsm_test_loss", "classifier_accuracy"]
 
 
 class Estimate(NamedTuple):
@@ -124,3 +130,28 @@ def dsm_test_loss(model, sde: SDE, images: torch.Tensor, *, batch_size: int = 25
         losses.append(dsm_loss(model, sde, images[part].to(device), t=t_all[part].to(device),
                                z=z_all[part].to(device), weighting=weighting, reduce=False).cpu())
     return mean_and_standard_error(torch.cat(losses))
+
+
+@torch.no_grad()
+def classifier_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, t: float | None = None,
+                        sde: SDE | None = None, seed: int = 0, batch_size: int = 1000) -> float:
+    """Fraction of `images` whose arg-max class is the label (model in eval mode). For a
+    noise-conditional model pass `t`; with `sde` too, the images are first perturbed to x_t
+    (noise from `seed`), else they are fed as they are at time t."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        if t is None:
+            logits = model(x)
+        else:
+            t_vec = torch.full((len(x),), float(t), device=device)
+            if sde is not None:
+                x = sde.perturb(x, t_vec, normal_like(x, generator))
+            logits = model(x, t_vec)
+        correct += (logits.argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
+    model.train(was_training)
+    return correct / len(images)

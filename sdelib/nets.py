@@ -18,7 +18,11 @@ import math
 import torch
 from torch import nn
 
-from .sde import SDE, _check_batch, append_dims, sde_from_config
+from .sde import SDE, check_batch, append_dims, sde_from_config
+
+__all__ = ["NOISE_INPUTS", "ScoreNet", "MLPScoreNet", "MNISTClassifier",
+           "NoiseConditionalClassifier", "GaussianFourierProjection", "noise_condition",
+           "net_from_config", "count_parameters"]
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +105,7 @@ class ScoreNet(nn.Module):
         if x.ndim != 4 or x.shape[1:] != (self.image_channels, 28, 28):
             raise ValueError(f"ScoreNet expects images of shape (batch, {self.image_channels}, 28, 28), "
                              f"got {tuple(x.shape)}")
-        _check_batch(x, t)
+        check_batch(x, t)
         t = t.expand(x.shape[0]) if t.ndim == 1 and t.shape[0] == 1 else t
         embed = swish(self.embed(noise_condition(self.sde, t, self.noise_input, self.noise_eps)))
         h1 = swish(self.gnorm1(self.conv1(x) + self.dense1(embed)))
@@ -140,7 +144,7 @@ class MLPScoreNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLPScoreNet expects points of shape (batch, {self.dim}), got {tuple(x.shape)}")
-        _check_batch(x, t)
+        check_batch(x, t)
         t = t.expand(x.shape[0]) if t.ndim == 1 and t.shape[0] == 1 else t
         h = self.mlp(torch.cat([x, self.embed(t).to(x.dtype)], dim=1))
         return h / self.sde.marginal_std(t)[:, None].to(h.dtype)
@@ -192,7 +196,7 @@ class NoiseConditionalClassifier(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
             raise ValueError(f"NoiseConditionalClassifier expects (batch, 1, 28, 28), got {tuple(x.shape)}")
-        _check_batch(x, t)
+        check_batch(x, t)
         t = t.expand(x.shape[0]) if t.ndim == 1 and t.shape[0] == 1 else t
         scale = torch.rsqrt(self.sde.mean_coeff(t) ** 2 + self.sde.marginal_std(t) ** 2)
         h = x * append_dims(scale, x.ndim).to(x.dtype)

@@ -5,7 +5,7 @@ Every process here is a linear SDE, per dimension,
     dx = f(x, t) dt + g(t) dw,        f(x, t) = A(t) x,
 
 so the perturbation kernel p_0t(x_t | x_0) is Gaussian with mean m(t) = mean_coeff(t) * x_0 and
-variance v(t) = marginal_std(t)^2, solutions of (SPEC.md §1)
+variance v(t) = marginal_std(t)^2, solutions of (Song et al. 2021, Appendix B; Särkkä & Solin 2019, ch. 6)
 
     m'(t) = A(t) m(t),       m(0) = x_0,
     v'(t) = 2 A(t) v(t) + g(t)^2,   v(0) = 0.
@@ -28,7 +28,7 @@ import torch
 
 __all__ = [
     "SDE", "VESDE", "GeometricVESDE", "VPSDE", "SubVPSDE", "ReverseSDE",
-    "append_dims", "normal_like", "make_sde", "sde_from_config",
+    "append_dims", "normal_like", "check_batch", "make_sde", "sde_from_config",
 ]
 
 
@@ -53,7 +53,7 @@ def _check_time(t: torch.Tensor, T: float) -> None:
             f"t must lie in (0, {T}], got values in [{t.min().item():.3g}, {t.max().item():.3g}]")
 
 
-def _check_batch(x: torch.Tensor, t: torch.Tensor) -> None:
+def check_batch(x: torch.Tensor, t: torch.Tensor) -> None:
     if x.ndim < 1:
         raise ValueError("x must have a batch dimension, got a scalar")
     if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, x.shape[0])):
@@ -109,7 +109,7 @@ class SDE(abc.ABC):
 
     def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """f(x, t) = A(t) x."""
-        _check_batch(x, t)
+        check_batch(x, t)
         return append_dims(self.drift_coeff(t), x.ndim) * x
 
     def marginal_prob(self, x0: torch.Tensor, t: torch.Tensor):
@@ -117,7 +117,7 @@ class SDE(abc.ABC):
 
         Returns (mean with the shape of x0, std with the shape of t)."""
         t = torch.as_tensor(t, dtype=x0.dtype, device=x0.device)
-        _check_batch(x0, t)
+        check_batch(x0, t)
         _check_time(t, self.T)
         return append_dims(self.mean_coeff(t), x0.ndim) * x0, self.marginal_std(t)
 

@@ -11,9 +11,7 @@ The fast path (`train`):
   and resumes bit-for-bit: the epoch's permutation is a function of (seed, epoch), and the state of
   the noise generator is saved.
 
-Checkpoints are plain dicts loadable with `torch.load(weights_only=True)`; they carry the SDE and
-net settings, so `model_from_checkpoint` rebuilds the model and its SDE. `load_pretrained(name)`
-loads a checkpoint shipped inside the package after checking its sha256.
+Checkpoints (format, atomic save, load, the shipped models) are in `pretrained.py`.
 
 CLI: `python -m sdelib.train --sde ve --epochs 30 --batch-size 128 --out mnist-ve.pt` (see --help).
 """
@@ -21,13 +19,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
-import json
+import inspect
 import math
 import os
-import platform
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,100 +29,23 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .losses import dsm_loss, importance_weight, sample_time
-from .nets import ScoreNet, net_from_config
+from .device import default_device
+from .losses import WEIGHTINGS, dsm_loss, importance_weight, sample_time
+from .metrics import classifier_accuracy
+from .nets import ScoreNet
+from .pretrained import (CHECKPOINT_DIR, CheckpointError, export_pretrained, load_checkpoint,
+                         make_checkpoint, save_checkpoint)
+from .provenance import provenance
 from .sde import SDE, make_sde, normal_like
 
-CHECKPOINT_FORMAT = "sdelib-checkpoint-v1"
-CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+__all__ = ["TRAINING_SETTINGS", "train", "train_classifier", "learning_rate", "ema_decay_at",
+           "ema_update", "epoch_permutation", "main"]
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that is missing, corrupt, truncated or for another model."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Checkpoints
-# ------------------------------------------------------------------------------------------------
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write `state` atomically: to a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; checkpoints are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint with weights_only=True; a clear CheckpointError if it is not one of ours."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CheckpointError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an sdelib checkpoint (format {CHECKPOINT_FORMAT})")
-    return state
-
-
-def model_from_checkpoint(path_or_state, use_ema: bool = True, map_location="cpu"):
-    """Rebuild (model, sde) from a checkpoint; the EMA weights by default. Model in eval mode."""
-    state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state, map_location)
-    model = net_from_config(state["net"], state["sde"])
-    weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
-    model.load_state_dict(weights)
-    return model.eval(), getattr(model, "sde", None)
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def export_pretrained(train_checkpoint: str | Path, out: str | Path, extra_log: dict | None = None) -> dict:
-    """Write the shippable form of a training checkpoint: EMA weights only (a few MB), its settings
-    and history; and a sidecar `<out>.json` with the sha256 and the training log."""
-    state = load_checkpoint(train_checkpoint)
-    small = {k: state[k] for k in ("format", "sde", "net", "history", "settings", "step", "epoch")}
-    small["model"] = state["ema"] if state.get("ema") is not None else state["model"]
-    small["ema"] = None
-    out = Path(out)
-    save_checkpoint(small, out)
-    log = {"file": out.name, "sha256": sha256_of(out), "sde": state["sde"], "net": state["net"],
-           "settings": state["settings"], "steps": state["step"], "history": state["history"]}
-    log.update(extra_log or {})
-    out.with_suffix(".json").write_text(json.dumps(log, indent=1) + "\n")
-    return log
-
-
-def load_pretrained(name: str = "mnist-ve", map_location="cpu"):
-    """The model shipped in `sdelib/checkpoints/<name>.pt` and its SDE, after checking its sha256."""
-    path = CHECKPOINT_DIR / f"{name}.pt"
-    meta_path = path.with_suffix(".json")
-    retrain = (f"Retrain it with `python -m sdelib.train --sde ve --out {name}-train.pt --export {name}` "
-               f"(see README), or reinstall sdelib.")
-    if not path.exists() or not meta_path.exists():
-        available = sorted(p.stem for p in CHECKPOINT_DIR.glob("*.pt"))
-        raise CheckpointError(f"no shipped checkpoint {name!r} (available: {available}). {retrain}")
-    expected = json.loads(meta_path.read_text())["sha256"]
-    actual = sha256_of(path)
-    if actual != expected:
-        raise CheckpointError(f"{path} has sha256 {actual}, expected {expected}: the file is "
-                              f"corrupt or was changed. {retrain}")
-    return model_from_checkpoint(path, map_location=map_location)
-
+# The settings a training run records (its checkpoint's "settings"); their defaults are written once,
+# in `train`'s signature, and the CLI is built from them.
+TRAINING_SETTINGS = ("epochs", "batch_size", "lr", "warmup_steps", "schedule", "ema_decay",
+                     "grad_clip", "eps", "weighting", "importance_sampling", "dequantize", "seed",
+                     "bf16", "channels_last", "compile")
 
 # ------------------------------------------------------------------------------------------------
 # Training
@@ -165,8 +82,10 @@ def _distributed():
     return 0, 1
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the n training items in `epoch`: a function of (seed, epoch) alone, so a
+    resumed run takes the same batches."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
@@ -195,11 +114,9 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size {batch_size} is larger than the dataset ({n} images)")
     total_steps = epochs * steps_per_epoch
-    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
-                "schedule": schedule, "ema_decay": ema_decay, "grad_clip": grad_clip, "eps": eps,
-                "weighting": weighting, "importance_sampling": importance_sampling,
-                "dequantize": dequantize, "seed": seed, "bf16": bf16, "channels_last": channels_last,
-                "compile": compile, "world_size": world, "dataset_size": n}
+    arguments = locals()
+    settings = {name: arguments[name] for name in TRAINING_SETTINGS}
+    settings.update(world_size=world, dataset_size=n)
 
     model = model.to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -237,10 +154,10 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
         step_model = torch.compile(step_model)
 
     def state_dict():
-        return {"format": CHECKPOINT_FORMAT, "sde": sde.config(), "net": model.config(),
-                "model": model.state_dict(), "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(), "generator": gen_state,
-                "epoch_progress": (epoch_loss, epoch_count), "step": step, "epoch": step / steps_per_epoch, "history": history, "settings": settings}
+        return make_checkpoint(model, sde, ema=ema, history=history, step=step,
+                               epoch=step / steps_per_epoch, settings=settings,
+                               optimizer=optimizer.state_dict(), generator=gen_state,
+                               epoch_progress=(epoch_loss, epoch_count))
 
     def save():
         if checkpoint is not None and rank == 0:
@@ -259,8 +176,7 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
         while step < total_steps:
             epoch, i = divmod(step, steps_per_epoch)
             if perm_epoch != epoch:
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-                perm, perm_epoch = perm.to(device), epoch
+                perm, perm_epoch = epoch_permutation(n, seed, epoch).to(device), epoch
             idx = perm[i * batch_size:(i + 1) * batch_size]
             t = sample_time(sde, batch_size, eps=eps, importance_sampling=importance_sampling,
                             generator=noise_gen, device=device)
@@ -348,7 +264,7 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     bar = tqdm(total=total_steps, disable=not progress, desc="classifier", unit="step")
     for epoch in range(epochs):
         model.train()
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).to(device)
+        perm = epoch_permutation(n, seed, epoch).to(device)
         start, total_loss = time.monotonic(), 0.0
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size:(i + 1) * batch_size]
@@ -381,36 +297,10 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
         history.append(entry)
     bar.close()
     model.eval()
-    return {"format": CHECKPOINT_FORMAT, "sde": sde.config() if sde is not None else None,
-            "net": model.config(), "model": model.state_dict(),
-            "ema": None, "history": history, "step": step, "epoch": float(epochs),
-            "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "shift": shift,
-                         "schedule": "cosine", "dataset_size": n}}
-
-
-@torch.no_grad()
-def classifier_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, t: float | None = None,
-                        sde: SDE | None = None, seed: int = 0, batch_size: int = 1000) -> float:
-    """Fraction of `images` whose arg-max class is the label (model in eval mode). For a
-    noise-conditional model pass `t`; with `sde` too, the images are first perturbed to x_t
-    (noise from `seed`), else they are fed as they are at time t."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device)
-        if t is None:
-            logits = model(x)
-        else:
-            t_vec = torch.full((len(x),), float(t), device=device)
-            if sde is not None:
-                x = sde.perturb(x, t_vec, normal_like(x, generator))
-            logits = model(x, t_vec)
-        correct += (logits.argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
-    model.train(was_training)
-    return correct / len(images)
+    return make_checkpoint(model, sde, history=history, step=step, epoch=float(epochs),
+                           settings={"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                                     "seed": seed, "shift": shift, "schedule": "cosine",
+                                     "dataset_size": n})
 
 
 def _check_compatible(state: dict, model: nn.Module, sde: SDE) -> None:
@@ -423,44 +313,58 @@ def _check_compatible(state: dict, model: nn.Module, sde: SDE) -> None:
 # ------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
 def run_description(device: torch.device, history: list[dict], argv=None) -> dict:
-    """Machine, command and wall time of a training run, for its exported log."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    return {"machine": machine_description(device), "torch": torch.__version__,
-            "command": "python -m sdelib.train " + " ".join(args),
+    """Provenance and wall time of a training run, for its exported log."""
+    return {**provenance(device, "python -m sdelib.train", argv),
             "wall_seconds": round(sum(entry["seconds"] for entry in history), 1)}
+
+
+_HELP = {
+    "epochs": "passes over the training images",
+    "lr": "peak learning rate of Adam (after the warm-up)",
+    "schedule": "cosine | constant, after the linear warm-up",
+    "eps": "smallest diffusion time of the training draws",
+    "weighting": "std2 (the tutorial's) | likelihood (g^2)",
+    "importance_sampling": "t with density g^2/v (likelihood weighting): ln sigma~^2 uniform",
+    "dequantize": "train on uniformly dequantised images (255 x + u) / 256",
+    "seed": "seed of the net's initialisation, the batches and the noise",
+    "batch_size": "images per step (all processes together)",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "ema_decay": "decay of the exponential moving average of the weights",
+    "grad_clip": "largest gradient norm (0: no clipping)",
+    "bf16": "bf16 autocast for the forward and backward passes",
+    "channels_last": "channels-last memory format (faster convolutions on CPU)",
+    "compile": "torch.compile the net",
+}
+
+
+_CHOICES = {"schedule": ("cosine", "constant"), "weighting": WEIGHTINGS}
+
+
+def _add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --option per training setting, its default read from `train`'s signature."""
+    parameters = inspect.signature(train).parameters
+    for name in TRAINING_SETTINGS:
+        default = parameters[name].default
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=_HELP.get(name))
+        else:
+            parser.add_argument(flag, type=type(default), default=default,
+                                choices=_CHOICES.get(name),
+                                help=f"{_HELP.get(name, name)} (default {default})")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sdelib.train", description=__doc__.split("\n")[0])
     parser.add_argument("--sde", default="ve", help="ve | ve-geometric | vp | subvp")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--time-budget", type=float, default=None, help="stop (and save) after this many seconds")
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--warmup-steps", type=int, default=500)
-    parser.add_argument("--schedule", default="cosine", choices=["cosine", "constant"])
-    parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--weighting", default="std2", choices=["std2", "likelihood"])
-    parser.add_argument("--importance-sampling", action="store_true",
-                        help="t with density g^2/v (likelihood weighting): ln sigma~^2 uniform")
+    _add_setting_arguments(parser)
     parser.add_argument("--noise-input", default="time", choices=["time", "log_sigma"],
                         help="what ScoreNet's time embedding is fed")
-    parser.add_argument("--dequantize", action="store_true",
-                        help="train on uniformly dequantised images (255 x + u) / 256")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-budget", type=float, default=None, help="stop (and save) after this many seconds")
+    parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
     parser.add_argument("--subset", type=int, default=None, help="train on the first N images only")
     parser.add_argument("--out", required=True, help="checkpoint path (resumed if it exists)")
     parser.add_argument("--export", default=None, metavar="NAME",
@@ -486,12 +390,9 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)  # the Fourier features of a new net
     model = ScoreNet(sde, noise_input=args.noise_input)
     try:
-        state = train(model, sde, images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-              warmup_steps=args.warmup_steps, schedule=args.schedule, ema_decay=args.ema_decay,
-              weighting=args.weighting, importance_sampling=args.importance_sampling,
-              dequantize=args.dequantize, seed=args.seed, device=device, checkpoint=args.out, time_budget=args.time_budget,
-              max_steps=args.max_steps, bf16=args.bf16, channels_last=args.channels_last,
-              compile=args.compile)
+        state = train(model, sde, images, device=device, checkpoint=args.out,
+                      time_budget=args.time_budget, max_steps=args.max_steps,
+                      **{name: getattr(args, name) for name in TRAINING_SETTINGS})
         complete = state["step"] == args.epochs * (len(images) // args.batch_size)
         if args.export and complete and _distributed()[0] == 0:
             log = export_pretrained(args.out, CHECKPOINT_DIR / f"{args.export}.pt",

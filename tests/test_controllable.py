@@ -10,7 +10,8 @@ import torch
 from scipy import integrate
 
 from sdelib.data import GaussianMixture, gaussian
-from sdelib.samplers import (classifier_guided_score, euler_maruyama, inpaint, replacement_moments)
+from sdelib.controllable import classifier_guided_score, inpaint, replacement_moments
+from sdelib.samplers import euler_maruyama
 from sdelib.sde import VESDE, VPSDE
 
 K = 4.5

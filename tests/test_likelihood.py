@@ -7,7 +7,8 @@ import torch
 from sdelib.data import gaussian
 from sdelib.likelihood import (bits_per_dim, dequantize, exact_divergence, hutchinson_divergence,
                                image_bpd, make_probe, ode_likelihood)
-from sdelib.samplers import ODEConvergenceError, probability_flow_ode
+from sdelib.ode import ODEConvergenceError
+from sdelib.samplers import probability_flow_ode
 from sdelib.sde import SubVPSDE, VESDE, VPSDE
 
 EPS = 1e-5

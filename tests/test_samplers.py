@@ -23,9 +23,18 @@ import torch
 
 from sdelib.data import GaussianMixture
 from sdelib.samplers import (ODEConvergenceError, euler_maruyama, heun_ode, heun_time_grid,
-                             predictor_corrector, probability_flow_ode, probability_flow_ode_torchdiffeq,
-                             scaled_std, edm_stochastic, dpm_solver_sde)
+                             predictor_corrector, probability_flow_ode, edm_stochastic, dpm_solver_sde)
 from sdelib.sde import GeometricVESDE, SubVPSDE, VESDE, VPSDE, append_dims
+
+
+def probability_flow_ode_torchdiffeq(*args, **kwargs):
+    """The ODE sampler with torchdiffeq's dopri5 (solver='torchdiffeq')."""
+    return probability_flow_ode(*args, solver="torchdiffeq", **kwargs)
+
+
+def scaled_std(sde, t):
+    return sde.scaled_std(t)
+
 
 K = 4.5
 EPS = 1e-3

@@ -10,11 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from sdelib.data import load_mnist
-from sdelib.metrics import (class_balance, classifier_features, dsm_test_loss, frechet_distance,
+from sdelib.metrics import (class_balance, classifier_accuracy, classifier_features, dsm_test_loss,
+                            frechet_distance,
                             mean_and_standard_error)
 from sdelib.losses import dsm_loss
 from sdelib.nets import ScoreNet
-from sdelib.train import CHECKPOINT_DIR, classifier_accuracy, load_pretrained, sha256_of
+from sdelib.pretrained import CHECKPOINT_DIR, load_pretrained
+from sdelib.provenance import sha256 as sha256_of
 
 K = 4.0          # standard errors
 

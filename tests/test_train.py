@@ -11,9 +11,11 @@ from sdelib import train as train_module
 from sdelib.data import ring_mixture
 from sdelib.nets import MLPScoreNet, MNISTClassifier, NoiseConditionalClassifier, ScoreNet, count_parameters, net_from_config
 from sdelib.sde import GeometricVESDE, SubVPSDE, VESDE, VPSDE
-from sdelib.train import (CheckpointError, ema_decay_at, ema_update, export_pretrained, learning_rate, load_checkpoint,
-                          load_pretrained, model_from_checkpoint, save_checkpoint, train,
-                          train_classifier, classifier_accuracy)
+from sdelib import pretrained as pretrained_module
+from sdelib.metrics import classifier_accuracy
+from sdelib.pretrained import (CheckpointError, export_pretrained, load_checkpoint, load_pretrained,
+                               model_from_checkpoint, save_checkpoint)
+from sdelib.train import ema_decay_at, ema_update, learning_rate, train, train_classifier
 
 ALL_SDES = [VESDE(25.0), GeometricVESDE(0.01, 50.0), VPSDE(), SubVPSDE()]
 
@@ -108,7 +110,7 @@ def test_training_lowers_the_held_out_dsm_loss_and_records_history(tmp_path):
 def test_checkpoint_save_load_rebuilds_a_model_with_identical_outputs(tmp_path):
     torch.manual_seed(0)
     net = ScoreNet(VPSDE(beta_min=0.2, beta_max=15.0))
-    state = {"format": train_module.CHECKPOINT_FORMAT, "sde": net.sde.config(), "net": net.config(),
+    state = {"format": pretrained_module.CHECKPOINT_FORMAT, "sde": net.sde.config(), "net": net.config(),
              "model": net.state_dict(), "ema": None, "history": [], "settings": {}, "step": 0, "epoch": 0}
     save_checkpoint(state, tmp_path / "net.pt")
     rebuilt, sde = model_from_checkpoint(tmp_path / "net.pt")
@@ -182,7 +184,7 @@ def test_ema_with_warm_up_forgets_the_initial_weights():
 
 def test_load_pretrained_checks_the_hash_and_explains_how_to_retrain(tmp_path, monkeypatch):
     tiny_run(tmp_path, epochs=1)
-    monkeypatch.setattr(train_module, "CHECKPOINT_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(pretrained_module, "CHECKPOINT_DIR", tmp_path / "shipped")
     (tmp_path / "shipped").mkdir()
     log = export_pretrained(tmp_path / "ckpt.pt", tmp_path / "shipped" / "toy.pt")
     model, sde = load_pretrained("toy")
@@ -202,6 +204,7 @@ def test_cli_stops_on_budget_resumes_and_exports_only_a_complete_run(tmp_path, m
     images = torch.rand(48, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(sdelib.data, "load_mnist", lambda split: (images, torch.zeros(48, dtype=torch.long)))
     monkeypatch.setattr(train_module, "CHECKPOINT_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(pretrained_module, "CHECKPOINT_DIR", tmp_path / "shipped")
     argv = ["--epochs", "2", "--batch-size", "16", "--warmup-steps", "1", "--device", "cpu",
             "--out", str(tmp_path / "run.pt"), "--export", "tiny"]
     train_module.main(argv + ["--max-steps", "4"])            # stopped at step 4 of 6: not exported
