@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-SPEC = importlib.util.spec_from_file_location("sweep", Path(__file__).parents[1] / "benchmarks" / "samplers.py")
-sweep = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(sweep)
+SWEEP_SPEC = importlib.util.spec_from_file_location("sweep", Path(__file__).parents[1] / "benchmarks" / "samplers.py")
+sweep = importlib.util.module_from_spec(SWEEP_SPEC)
+SWEEP_SPEC.loader.exec_module(sweep)
 
 
 def row(name, settings):
@@ -152,7 +152,8 @@ def test_bf16_check_runs_the_network_in_bf16_and_keeps_the_other_figures(tmp_pat
         shift = 0.0 if network is net else 1e-3 * x[0].numel() * math.log(2.0)
         return types.SimpleNamespace(log_p=-x.flatten(1).sum(1).double() + shift, nfe=10 if network is net else 40)
 
-    monkeypatch.setattr(likelihood_speed, "ode_likelihood", fake_ode_likelihood)
+    import sdelib.likelihood
+    monkeypatch.setattr(sdelib.likelihood, "ode_likelihood", fake_ode_likelihood)
     out = tmp_path / "likelihood_speed.json"
     out.write_text(json.dumps({"bpd_mean": 3.98, "n": 1000}))
     args = argparse.Namespace(seed=0, batch=3, bf16_check=5, out=out)

@@ -81,7 +81,7 @@ def test_replacement_moments_give_the_marginal_when_the_observation_is_uninforma
     # A check of the recursion that is not a run of its own equations: with correlation 0 the
     # observation carries no information, so the replacement method must give x_1's marginal
     # diffused to eps, N(m mu_1, m^2 + v). (mu_1 = 0 so that the prior matches p_T's mean: the
-    # prior approximation of SPEC §4 is not what is tested here.)
+    # prior approximation (Song et al. 2021, Appendix D.2) is not what is tested here.)
     mean1, var1 = replacement_moments([0.5, 0.0], [[1.0, 0.0], [0.0, 1.0]], 2.0, sde, steps=2000)
     t = torch.tensor([EPS])
     expected = sde.mean_coeff(t).item() ** 2 + sde.marginal_std(t).item() ** 2

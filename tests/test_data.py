@@ -32,7 +32,7 @@ def _mixture():
 
 
 def truth(name, t):
-    """(m(t), v(t)) from the paper's definitions, not from sdelib (SPEC.md §1)."""
+    """(m(t), v(t)) from the paper's definitions, not from sdelib (Song et al. 2021, eqs. 30-34)."""
     t = np.asarray(t, dtype=np.float64)
     if name == "ve":
         return np.ones_like(t), (25.0 ** (2 * t) - 1) / (2 * np.log(25.0))

@@ -13,7 +13,7 @@ Each family has a negative control that must fail the same check: the score scal
 score, so a smaller scale is needed to be detectable at n = 4,000 (measured: EM 0.8 -> max |z| ~ 10,
 PC 0.8 -> ~4.5, too close to K).
 
-For VE SDEs the prior N(0, std(1)^2) is not p_1 when the data mean is not zero (SPEC §4); the runs
+For VE SDEs the prior N(0, std(1)^2) is not p_1 when the data mean is not zero (Song et al. 2021, Appendix D.2); the runs
 start from the exact p_1 (`x_init`) so the test measures the sampler, not the prior mismatch.
 """
 import math

@@ -1,7 +1,7 @@
 """Tests of sdelib.sde: each closed form against the process definition (ODEs, Monte Carlo, the
 paper's formulas), the reverse SDE / probability-flow ODE, the discretisations and bad input.
 
-Truth used below (SPEC.md §1; Song et al. 2021, eqs. (9)-(12), (30)-(33)), written here from the
+Truth used below (Song et al. 2021, eqs. (9)-(12), (30)-(33)), written here from the
 paper and not read from sdelib:
   VE(sigma):         A = 0,       g = sigma^t,                    v = (sigma^(2t) - 1) / (2 ln sigma)
   GeometricVE(a, b): A = 0,       g = s(t) sqrt(2 ln(b / a)),     v = s(t)^2 - a^2, s = a (b/a)^t
@@ -492,3 +492,47 @@ def test_append_dims_broadcasts_and_rejects_too_many_dims():
     assert append_dims(t, 4).shape == (3, 1, 1, 1)
     with pytest.raises(ValueError):
         append_dims(torch.zeros(2, 2), 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Noise levels sigma~(t) = std(t) / m(t) and their closed-form inverse
+# ------------------------------------------------------------------------------------------------
+NOISE_LEVEL_SDES = [VESDE(25.0), GeometricVESDE(0.01, 50.0), VPSDE(0.1, 20.0), SubVPSDE(0.1, 20.0)]
+
+
+def _bisection(sde, sigma, iterations=60):
+    """The t in [0, 1] with sigma~(t) = sigma by halving: 2^-60 is below float64 resolution."""
+    low, high = torch.zeros_like(sigma), torch.ones_like(sigma)
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        above = sde.marginal_std(mid) / sde.mean_coeff(mid) > sigma
+        high, low = torch.where(above, mid, high), torch.where(above, low, mid)
+    return (low + high) / 2
+
+
+@pytest.mark.parametrize("sde", NOISE_LEVEL_SDES, ids=lambda s: s.name)
+def test_scaled_std_is_std_over_mean_coefficient(sde):
+    t = torch.cat([torch.logspace(-6, -1, 30, dtype=F64), torch.linspace(0.1, 1.0, 30, dtype=F64)])
+    mean, std = sde.marginal_prob(torch.ones(len(t), 1, dtype=F64), t)
+    # float64 round-off: a few ulps of each factor (expm1 / sinh forms vs sqrt(v) / m)
+    assert_close(sde.scaled_std(t), std / mean[:, 0], rtol=1e-13)
+
+
+@pytest.mark.parametrize("sde", NOISE_LEVEL_SDES, ids=lambda s: s.name)
+def test_time_of_scaled_std_inverts_scaled_std_in_closed_form(sde):
+    t = torch.cat([torch.logspace(-6, -1, 30, dtype=F64), torch.linspace(0.1, 1.0, 30, dtype=F64)])
+    sigma = sde.scaled_std(t)
+    # Closed form: exact to float64 round-off in t (|t| <= 1, a few ulps: 1e-15 absolute).
+    assert_close(sde.time_of_scaled_std(sigma), t, rtol=1e-12, atol=1e-15)
+    # An independent route to the same times: bisection on std / m, 60 halvings.
+    assert_close(sde.time_of_scaled_std(sigma), _bisection(sde, sigma), rtol=0, atol=1e-15)
+
+
+def test_another_sdes_inverse_misses_the_times():
+    """Negative control: the check above separates the four closed forms."""
+    t = torch.linspace(0.01, 1.0, 50, dtype=F64)
+    for sde in NOISE_LEVEL_SDES:
+        for other in NOISE_LEVEL_SDES:
+            if other is not sde:
+                error = (other.time_of_scaled_std(sde.scaled_std(t)) - t).abs().max().item()
+                assert error > 1e-3, (sde.name, other.name, error)

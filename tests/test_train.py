@@ -1,11 +1,13 @@
 """Score nets, checkpoints, resumable training, distributed training, pretrained loading."""
 import json
+import math
 import os
 import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import assert_close
 
 from sdelib import train as train_module
 from sdelib.data import ring_mixture
@@ -26,7 +28,7 @@ def test_scorenet_maps_images_to_scores_of_the_same_shape_for_every_sde(sde):
     net = ScoreNet(sde)
     x, t = torch.rand(3, 1, 28, 28), torch.tensor([0.01, 0.5, 1.0])
     assert net(x, t).shape == x.shape
-    assert count_parameters(net) == 1_115_425  # SPEC §2: the tutorial's U-Net
+    assert count_parameters(net) == 1_115_425  # the tutorial's U-Net
 
 
 def test_scorenet_output_is_divided_by_the_marginal_std():
@@ -307,3 +309,41 @@ def test_two_process_ddp_matches_single_process_with_the_same_global_batch(tmp_p
         # (mean of two half-batch means, all-reduced), so agreement is to float32 rounding.
         assert torch.allclose(value, ddp[name], rtol=1e-4, atol=1e-6), name
     assert load_checkpoint(tmp_path / "ddp.pt")["settings"]["world_size"] == 2
+
+
+def test_scorenet_fed_log_sigma_keeps_its_setting_in_the_checkpoint_config():
+    from sdelib.nets import noise_condition
+
+    sde = VESDE(25.0)
+    net = ScoreNet(sde, noise_input="log_sigma", noise_eps=1e-5)
+    config = net.config()
+    assert config["noise_input"] == "log_sigma" and config["noise_eps"] == 1e-5
+    rebuilt = net_from_config(config, sde.config())
+    assert rebuilt.noise_input == "log_sigma"
+    # The tutorial's net keeps the config older checkpoints were saved with.
+    assert ScoreNet(sde).config() == {"name": "ScoreNet", "channels": [32, 64, 128, 256],
+                                      "embed_dim": 256, "image_channels": 1}
+    # ln sigma~ rescaled: 0 at noise_eps, 1 at T, and ln sigma~ linear in between.
+    unit = float(sde.time_of_scaled_std(torch.tensor(1.0, dtype=torch.float64)))   # sigma~ = 1
+    t = torch.tensor([1e-5, 1.0, unit], dtype=torch.float64)
+    c = noise_condition(sde, t, "log_sigma", 1e-5)
+    low, high = sde.scaled_std(t[:2]).log()
+    expected = torch.tensor([0.0, 1.0, float(-low / (high - low))], dtype=torch.float64)
+    assert_close(c, expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(noise_condition(sde, t, "time", 1e-5), t)
+    with pytest.raises(ValueError, match="noise_input"):
+        ScoreNet(sde, noise_input="sigma")
+
+
+def test_training_with_importance_sampling_and_dequantisation_records_both(tmp_path):
+    state = tiny_run(tmp_path, weighting="likelihood", importance_sampling=True, epochs=1)
+    assert state["settings"]["importance_sampling"] is True
+    assert state["settings"]["dequantize"] is False
+    assert all(math.isfinite(entry["loss"]) for entry in state["history"])
+    torch.manual_seed(0)
+    sde = VESDE(25.0)
+    images = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    run = train(ScoreNet(sde, channels=(32, 32, 32, 32), embed_dim=16), sde, images, epochs=1,
+                batch_size=16, device="cpu", progress=False, dequantize=True,
+                weighting="likelihood", importance_sampling=True)
+    assert run["settings"]["dequantize"] is True and run["step"] == 2
