@@ -36,12 +36,13 @@ import matplotlib.pyplot as plt
 import torch
 
 from sdelib.data import load_mnist
-from sdelib.metrics import bootstrap_standard_error, class_balance, classifier_features, frechet_distance
 from sdelib.device import default_device
+from sdelib.metrics import bootstrap_standard_error, class_balance, classifier_features, frechet_distance
 from sdelib.pretrained import load_pretrained
 from sdelib.provenance import RESULTS_DIR, provenance, write_result
 from sdelib.samplers import (dpm_solver_sde, edm_stochastic, euler_maruyama, heun_ode, predictor_corrector,
                              probability_flow_ode)
+from sdelib.viz import plot_sampler_sweep
 
 RESULTS = RESULTS_DIR
 # the adaptive ODE rows: dopri5 (RK45's Dormand–Prince pair) batched on the device
@@ -210,34 +211,15 @@ def draw(report, path):
         ax.legend(fontsize=8)
     else:
         fig, ax = plt.subplots(figsize=(10, 4.5))
-        lines = [line for name in dict.fromkeys(r["sampler"] for r in rows)
-                 for line in _split(name, [r for r in rows if r["sampler"] == name])]
-        for k, (label, sub) in enumerate(lines):
-            ax.errorbar([r["nfe"] for r in sub], [r["frechet"] for r in sub], fmt="osD^v<>ph*XP"[k % 12] + "-",
-                        color=plt.cm.tab20(k % 20), yerr=[2 * r["frechet_standard_error"] for r in sub],
-                        capsize=3, label=label)
+        plot_sampler_sweep(rows, ax, ylabel="Fréchet distance to MNIST test (± 2 SE)")
         for r in reference:
             ax.axhline(r["frechet"] + 2 * r["frechet_standard_error"], color="k", ls=":", lw=1,
                        label="PC-1000 (snr 0.16) + 2 SE")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("network evaluations (NFE)")
-        ax.set_ylabel("Fréchet distance to MNIST test (± 2 SE)")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"sample quality, {rows[0]['n']} samples each (seed {report['seed']})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _split(name, group):
-    """One line per snr of PC and per eta of DPM-Solver++ (the other samplers: one line each)."""
-    key = {"predictor–corrector": "snr", "DPM-Solver++ SDE + Tweedie": "eta"}.get(name)
-    if key is None:
-        return [(name, group)]
-    values = dict.fromkeys(r["settings"][key] for r in group)
-    short = "PC" if key == "snr" else name
-    return [(f"{short}, {key} {v}", [r for r in group if r["settings"][key] == v]) for v in values]
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Pictures for the book: sample grids, 2-D scatter plots, and sliders that work everywhere.
 
 `slider(render, values, label=...)` shows `render(value)` (a matplotlib Figure) for a value picked
-with a slider. `ipywidgets` sliders need a running kernel, so they are dead in the static HTML book
-(SPEC.md §7). The helper therefore has two modes:
+with a slider. `ipywidgets` sliders need a running kernel, so they are dead in the static HTML book.
+The helper therefore has two modes:
 
 - live:   an ipywidgets SelectionSlider re-renders the figure on demand (Jupyter, Colab, VS Code);
 - static: every frame is rendered now, as a PNG, and shown in one self-contained HTML block whose
@@ -32,7 +32,7 @@ import torch
 from matplotlib.figure import Figure
 
 __all__ = ["image_grid", "save_image_grid", "scatter_2d", "slider", "slider_mode", "live_frontend",
-           "SliderFrames", "LiveSlider", "SLIDER_MODES"]
+           "SliderFrames", "LiveSlider", "SLIDER_MODES", "sweep_lines", "plot_sampler_sweep"]
 
 SLIDER_MODES = ("live", "static")
 
@@ -243,3 +243,33 @@ def slider(render: Callable, values, *, label: str, fmt: str = "{}", live: bool 
     box = widgets.VBox([control, widgets.interactive_output(show, {"i": control})])
     display(box)
     return LiveSlider(values, labels, box)
+
+
+def sweep_lines(rows) -> list:
+    """The rows of a sampler sweep (dicts with 'sampler', 'settings', 'nfe', ...) grouped into
+    plotted lines: one per sampler, and one per snr of predictor–corrector and per eta of
+    DPM-Solver++; each line's rows sorted by NFE. Returns [(label, rows), ...] in first-seen order."""
+    lines = {}
+    for row in rows:
+        key = {"predictor–corrector": "snr", "DPM-Solver++ SDE + Tweedie": "eta"}.get(row["sampler"])
+        if key is None:
+            label = row["sampler"]
+        else:
+            short = "PC" if key == "snr" else row["sampler"]
+            label = f"{short}, {key} {row['settings'][key]}"
+        lines.setdefault(label, []).append(row)
+    return [(label, sorted(group, key=lambda r: r["nfe"])) for label, group in lines.items()]
+
+
+def plot_sampler_sweep(rows, ax=None, *, ylabel: str = "Fréchet distance (± 2 SE)"):
+    """Fréchet distance against NFE on log-log axes, one line per `sweep_lines` group, ± 2 SE."""
+    ax = ax if ax is not None else plt.subplots(figsize=(10, 4.5))[1]
+    for k, (label, group) in enumerate(sweep_lines(rows)):
+        ax.errorbar([r["nfe"] for r in group], [r["frechet"] for r in group],
+                    fmt="osD^v<>ph*XP"[k % 12] + "-", color=plt.cm.tab20(k % 20),
+                    yerr=[2 * r["frechet_standard_error"] for r in group], capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("network evaluations (NFE)")
+    ax.set_ylabel(ylabel)
+    return ax

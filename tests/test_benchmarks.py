@@ -105,8 +105,9 @@ def test_plots_draw_the_sweep_and_the_selection(tmp_path):
             dict(row("DPM-Solver++ SDE + Tweedie", {"steps": 49, "eta": 6.0}), nfe=50, frechet_standard_error=2.0, n=1000),
             dict(row("DPM-Solver++ SDE + Tweedie", {"steps": 49, "eta": 1.0}), nfe=50, frechet_standard_error=2.0, n=1000)]
     # one line per eta (and per snr of PC), so settings of one sampler are not joined across eta
-    assert [label for label, _ in sweep._split("DPM-Solver++ SDE + Tweedie", rows[1:])] == \
-        ["DPM-Solver++ SDE + Tweedie, eta 6.0", "DPM-Solver++ SDE + Tweedie, eta 1.0"]
+    from sdelib.viz import sweep_lines
+    assert [label for label, _ in sweep_lines(rows)] == \
+        ["PC, snr 0.16", "DPM-Solver++ SDE + Tweedie, eta 6.0", "DPM-Solver++ SDE + Tweedie, eta 1.0"]
     for selection in (False, True):
         path = tmp_path / f"{selection}.png"
         sweep.draw({"rows": rows, "seed": 0, "reference": "test", "selection": selection}, path)
