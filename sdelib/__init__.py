@@ -12,12 +12,12 @@
     pretrained.py   checkpoints and the models shipped inside the package
     metrics.py      mean ± standard error, classifiers' accuracy, Fréchet distance
     provenance.py   the machine / command / date of every result, and the results folder
-    device.py       the device every chapter uses
+    device.py       the device and precision every chapter uses
     viz.py          sample grids, plots, sliders that work live and in the static book
 """
-from .device import default_device
+from .device import default_device, precision
 from .sde import SDE, GeometricVESDE, SubVPSDE, VESDE, VPSDE, append_dims, make_sde
 
 __version__ = "0.1.0"
 __all__ = ["SDE", "VESDE", "GeometricVESDE", "VPSDE", "SubVPSDE", "append_dims", "make_sde",
-           "default_device"]
+           "default_device", "precision"]

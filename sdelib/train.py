@@ -3,7 +3,8 @@
 The fast path (`train`):
 - the whole dataset lives on the device as one tensor; batches are taken by index (no DataLoader);
 - Adam with linear warm-up then cosine decay, gradient clipping, EMA of the weights;
-- switchable bf16 autocast, channels_last and `torch.compile`;
+- switchable bf16 autocast (or any `device.precision`, fp16 with a gradient scaler), channels_last
+  and `torch.compile`;
 - runs unchanged under `torchrun --nproc_per_node N` (DistributedDataParallel: every rank draws the
   same global batch of indices and noise and keeps its own slice, so N ranks compute exactly the
   gradient of one process with the same global batch);
@@ -29,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .device import default_device
+from .device import Precision, autocast, default_device
 from .losses import WEIGHTINGS, dsm_loss, importance_weight, sample_time
 from .metrics import classifier_accuracy
 from .nets import ScoreNet
@@ -94,13 +95,15 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
           importance_sampling: bool = False, dequantize: bool = False, seed: int = 0, device=None, checkpoint: str | Path | None = None,
           checkpoint_every: float = 120.0, time_budget: float | None = None, max_steps: int | None = None,
           bf16: bool = False, channels_last: bool = False, compile: bool = False,
+          precision: Precision | None = None,
           progress: bool = True) -> dict:
     """Train `model` (whose output is the score) on `images` by DSM; resume from `checkpoint`.
 
     Returns the final checkpoint dict (model, ema, history, ...). `time_budget` (seconds) and
     `max_steps` stop early (the state is saved; call again to continue); `max_steps` counts from
     the start of the run, so a resumed run stops at the same step. `images` are converted to the
-    model's dtype (float32 unless the model was cast)."""
+    model's dtype (float32 unless the model was cast). `precision` (a `device.precision(...)`)
+    sets the autocast dtype and the fp16 gradient scaler, overriding `bf16`."""
     from tqdm.auto import tqdm
 
     if batch_size < 1 or epochs < 1:
@@ -166,6 +169,12 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     # With importance sampling the loss carries the constant Z / (T - eps) (about 16 for the
     # tutorial's VE); the step uses loss / Z so that grad_clip sees gradients of the usual size.
     loss_scale = importance_weight(sde, eps) if importance_sampling else 1.0
+    # `precision` (from device.precision) overrides the bf16 switch; fp16 needs a gradient scaler,
+    # which is a no-op pass-through when disabled.
+    chosen = precision or Precision(torch.bfloat16 if bf16 else torch.float32, False,
+                                    "bf16 autocast" if bf16 else "float32")
+    settings["autocast"] = str(chosen.dtype).removeprefix("torch.")
+    scaler = torch.amp.GradScaler(device.type, enabled=chosen.grad_scaler)
     local = batch_size // world
     start, last_save = time.monotonic(), time.monotonic()
     epoch_start = time.monotonic()
@@ -190,20 +199,22 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, lr, warmup_steps, schedule)
             try:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                with autocast(device, chosen):
                     loss = dsm_loss(step_model, sde, x0, t=t[shard], z=z[shard].to(x0.dtype),
                                     weighting=weighting, importance_sampling=importance_sampling,
                                     eps=eps)
                 optimizer.zero_grad(set_to_none=True)
-                (loss / loss_scale).backward()
+                scaler.scale(loss / loss_scale).backward()
             except torch.cuda.OutOfMemoryError as exc:
                 raise RuntimeError(f"CUDA out of memory at batch size {batch_size} ({local} per process) "
                                    f"on {device}: lower --batch-size") from exc
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower the learning rate")
             if grad_clip:
+                scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             ema_update(ema, model, ema_decay_at(step, ema_decay))
             step += 1
             gen_state = noise_gen.get_state()

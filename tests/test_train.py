@@ -347,3 +347,21 @@ def test_training_with_importance_sampling_and_dequantisation_records_both(tmp_p
                 batch_size=16, device="cpu", progress=False, dequantize=True,
                 weighting="likelihood", importance_sampling=True)
     assert run["settings"]["dequantize"] is True and run["step"] == 2
+
+
+def test_fp16_precision_trains_with_a_gradient_scaler_and_float32_is_unchanged(tmp_path):
+    from sdelib.device import Precision
+
+    plain = tiny_run(tmp_path, "plain.pt", epochs=1)
+    explicit = tiny_run(tmp_path, "explicit.pt", epochs=1,
+                        precision=Precision(torch.float32, False, "float32"))
+    for name, weight in plain["model"].items():                  # the same steps, bit for bit
+        assert torch.equal(weight, explicit["model"][name]), name
+    assert plain["settings"]["autocast"] == "float32"
+    # fp16 with the gradient scaler (what a compute-capability 7.x GPU gets) runs on the CPU too.
+    half = tiny_run(tmp_path, "half.pt", epochs=2, precision=Precision(torch.float16, True, "fp16"))
+    assert half["settings"]["autocast"] == "float16"
+    assert all(math.isfinite(entry["loss"]) for entry in half["history"])
+    changed = [name for name, weight in half["model"].items()
+               if not torch.equal(weight, plain["model"][name])]
+    assert changed                                               # fp16 rounding: other weights
