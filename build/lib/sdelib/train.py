@@ -1,0 +1,418 @@
+"""Training a score net by denoising score matching, with checkpoints that rebuild their model.
+
+The fast path (`train`):
+- the whole dataset lives on the device as one tensor; batches are taken by index (no DataLoader);
+- Adam with linear warm-up then cosine decay, gradient clipping, EMA of the weights;
+- switchable bf16 autocast (or any `device.precision`, fp16 with a gradient scaler), channels_last
+  and `torch.compile`;
+- runs unchanged under `torchrun --nproc_per_node N` (DistributedDataParallel: every rank draws the
+  same global batch of indices and noise and keeps its own slice, so N ranks compute exactly the
+  gradient of one process with the same global batch);
+- checkpoints atomically every `checkpoint_every` seconds, at the end of each epoch and on Ctrl-C,
+  and resumes bit-for-bit: the epoch's permutation is a function of (seed, epoch), and the state of
+  the noise generator is saved.
+
+Checkpoints (format, atomic save, load, the shipped models) are in `pretrained.py`.
+
+CLI: `python -m sdelib.train --sde ve --epochs 30 --batch-size 128 --out mnist-ve.pt` (see --help).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .device import Precision, autocast, default_device
+from .losses import WEIGHTINGS, dsm_loss, importance_weight, sample_time
+from .metrics import classifier_accuracy
+from .nets import ScoreNet
+from .pretrained import (CHECKPOINT_DIR, CheckpointError, export_pretrained, load_checkpoint,
+                         make_checkpoint, save_checkpoint)
+from .provenance import provenance
+from .sde import SDE, make_sde, normal_like
+
+__all__ = ["TRAINING_SETTINGS", "train", "train_classifier", "learning_rate", "ema_decay_at",
+           "ema_update", "epoch_permutation", "main"]
+
+# The settings a training run records (its checkpoint's "settings"); their defaults are written once,
+# in `train`'s signature, and the CLI is built from them.
+TRAINING_SETTINGS = ("epochs", "batch_size", "lr", "warmup_steps", "schedule", "ema_decay",
+                     "grad_clip", "eps", "weighting", "importance_sampling", "dequantize", "seed",
+                     "bf16", "channels_last", "compile")
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+def learning_rate(step: int, total_steps: int, lr: float, warmup_steps: int, schedule: str) -> float:
+    """Linear warm-up to lr, then constant or cosine decay to 0 at total_steps."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def ema_decay_at(step: int, ema_decay: float) -> float:
+    """EMA decay with warm-up, min(ema_decay, (1 + step) / (10 + step)).
+
+    Without the warm-up an EMA of decay 0.999 still holds exp(-1000 / 1000) ~ 37 % of the random
+    initial weights after 1,000 steps; with it the average forgets the initialisation within ~100 steps."""
+    return min(ema_decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+
+
+def _distributed():
+    """(rank, world_size): (0, 1) unless torch.distributed was initialised (e.g. by torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the n training items in `epoch`: a function of (seed, epoch) alone, so a
+    resumed run takes the same batches."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
+          batch_size: int = 128, lr: float = 5e-4, warmup_steps: int = 500, schedule: str = "cosine",
+          ema_decay: float = 0.999, grad_clip: float = 1.0, eps: float = 1e-5, weighting: str = "std2",
+          importance_sampling: bool = False, dequantize: bool = False, seed: int = 0, device=None, checkpoint: str | Path | None = None,
+          checkpoint_every: float = 120.0, time_budget: float | None = None, max_steps: int | None = None,
+          bf16: bool = False, channels_last: bool = False, compile: bool = False,
+          precision: Precision | None = None,
+          progress: bool = True) -> dict:
+    """Train `model` (whose output is the score) on `images` by DSM; resume from `checkpoint`.
+
+    Returns the final checkpoint dict (model, ema, history, ...). `time_budget` (seconds) and
+    `max_steps` stop early (the state is saved; call again to continue); `max_steps` counts from
+    the start of the run, so a resumed run stops at the same step. `images` are converted to the
+    model's dtype (float32 unless the model was cast). `precision` (a `device.precision(...)`)
+    sets the autocast dtype and the fp16 gradient scaler, overriding `bf16`."""
+    from tqdm.auto import tqdm
+
+    if batch_size < 1 or epochs < 1:
+        raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size}, {epochs}")
+    rank, world = _distributed()
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the {world} processes")
+    device = torch.device(device) if device is not None else default_device()
+    n = images.shape[0]
+    steps_per_epoch = n // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {batch_size} is larger than the dataset ({n} images)")
+    total_steps = epochs * steps_per_epoch
+    arguments = locals()
+    settings = {name: arguments[name] for name in TRAINING_SETTINGS}
+    settings.update(world_size=world, dataset_size=n)
+
+    model = model.to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model = model.to(memory_format=memory_format)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    noise_gen = torch.Generator(device=device).manual_seed(seed)
+    step, history = 0, []
+
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint, map_location=device)
+        _check_compatible(state, model, sde)
+        if state["settings"]["batch_size"] != batch_size or state["settings"]["epochs"] != epochs:
+            raise CheckpointError(f"{checkpoint} was trained with batch_size "
+                                  f"{state['settings']['batch_size']} and {state['settings']['epochs']} "
+                                  f"epochs; resume with the same settings or use a new --out")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        noise_gen.set_state(state["generator"].cpu())
+        step, history = state["step"], state["history"]
+        epoch_loss, epoch_count = state.get("epoch_progress", (0.0, 0))
+    else:
+        epoch_loss, epoch_count = 0.0, 0
+    gen_state = noise_gen.get_state()  # the state at the start of the next step (what a save stores)
+
+    if not torch.is_floating_point(images):
+        raise TypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+    data = images.to(device=device, dtype=next(model.parameters()).dtype)
+    step_model = model
+    if world > 1:
+        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if compile:
+        step_model = torch.compile(step_model)
+
+    def state_dict():
+        return make_checkpoint(model, sde, ema=ema, history=history, step=step,
+                               epoch=step / steps_per_epoch, settings=settings,
+                               optimizer=optimizer.state_dict(), generator=gen_state,
+                               epoch_progress=(epoch_loss, epoch_count))
+
+    def save():
+        if checkpoint is not None and rank == 0:
+            save_checkpoint(state_dict(), checkpoint)
+
+    # With importance sampling the loss carries the constant Z / (T - eps) (about 16 for the
+    # tutorial's VE); the step uses loss / Z so that grad_clip sees gradients of the usual size.
+    loss_scale = importance_weight(sde, eps) if importance_sampling else 1.0
+    # `precision` (from device.precision) overrides the bf16 switch; fp16 needs a gradient scaler,
+    # which is a no-op pass-through when disabled.
+    chosen = precision or Precision(torch.bfloat16 if bf16 else torch.float32, False,
+                                    "bf16 autocast" if bf16 else "float32")
+    settings["autocast"] = str(chosen.dtype).removeprefix("torch.")
+    scaler = torch.amp.GradScaler(device.type, enabled=chosen.grad_scaler)
+    local = batch_size // world
+    start, last_save = time.monotonic(), time.monotonic()
+    epoch_start = time.monotonic()
+    bar = tqdm(total=total_steps, initial=step, disable=not progress or rank != 0,
+               desc=f"DSM {sde.name}", unit="step")
+    perm, perm_epoch = None, -1
+    try:
+        while step < total_steps:
+            epoch, i = divmod(step, steps_per_epoch)
+            if perm_epoch != epoch:
+                perm, perm_epoch = epoch_permutation(n, seed, epoch).to(device), epoch
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            t = sample_time(sde, batch_size, eps=eps, importance_sampling=importance_sampling,
+                            generator=noise_gen, device=device)
+            z = torch.randn((batch_size,) + tuple(data.shape[1:]), generator=noise_gen, device=device)
+            shard = slice(rank * local, (rank + 1) * local)
+            x0 = data[idx[shard]]
+            if dequantize:  # the uniformly dequantised images the likelihood is evaluated on
+                u = torch.rand((batch_size,) + tuple(data.shape[1:]), generator=noise_gen, device=device)
+                x0 = (255 * x0 + u[shard].to(x0.dtype)) / 256
+            x0 = x0.contiguous(memory_format=memory_format) if data.ndim == 4 else x0
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total_steps, lr, warmup_steps, schedule)
+            try:
+                with autocast(device, chosen):
+                    loss = dsm_loss(step_model, sde, x0, t=t[shard], z=z[shard].to(x0.dtype),
+                                    weighting=weighting, importance_sampling=importance_sampling,
+                                    eps=eps)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss / loss_scale).backward()
+            except torch.cuda.OutOfMemoryError as exc:
+                raise RuntimeError(f"CUDA out of memory at batch size {batch_size} ({local} per process) "
+                                   f"on {device}: lower --batch-size") from exc
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower the learning rate")
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            ema_update(ema, model, ema_decay_at(step, ema_decay))
+            step += 1
+            gen_state = noise_gen.get_state()
+            epoch_loss += loss.item() * local
+            epoch_count += local
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{epoch_loss / epoch_count:.2f}", epoch=epoch)
+            if step % steps_per_epoch == 0:
+                seconds = time.monotonic() - epoch_start
+                history.append({"epoch": epoch, "loss": epoch_loss / epoch_count, "seconds": seconds,
+                                "images_per_s": epoch_count * world / seconds})
+                epoch_loss, epoch_count, epoch_start = 0.0, 0, time.monotonic()
+                save()
+                last_save = time.monotonic()
+            elif time.monotonic() - last_save > checkpoint_every:
+                save()
+                last_save = time.monotonic()
+            if (time_budget is not None and time.monotonic() - start > time_budget) or \
+                    (max_steps is not None and step >= max_steps):
+                break
+    except KeyboardInterrupt:
+        save()
+        bar.close()
+        raise
+    bar.close()
+    save()
+    return state_dict()
+
+
+def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 4,
+                     batch_size: int = 128, lr: float = 1e-3, seed: int = 0, device=None,
+                     test: tuple[torch.Tensor, torch.Tensor] | None = None, sde: SDE | None = None,
+                     eps: float = 1e-3, shift: int = 0, progress: bool = True) -> dict:
+    """Train a classifier (cross-entropy, Adam with cosine decay, the data resident on the device,
+    batches by index as in `train`). Returns a checkpoint dict (format as `train`'s) whose history
+    holds the training loss and, if `test` = (images, labels) is given, the test accuracy after
+    each epoch. With `sde` the classifier is noise-conditional, `model(x_t, t)`: each image is
+    perturbed to x_t = m(t) x_0 + std(t) z with t ~ U(eps, 1), as in DSM; test accuracy is then
+    reported on clean (t = eps) and on half-noised (t = 0.5) test images. `shift` > 0 augments
+    each batch by a random translation of up to `shift` pixels in each direction (a roll: MNIST's
+    borders are black)."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device) if device is not None else default_device()
+    n = images.shape[0]
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+    steps_per_epoch = n // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {batch_size} is larger than the dataset ({n} images)")
+    total_steps = epochs * steps_per_epoch
+    model = model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    data, targets = images.to(device, torch.float32), labels.to(device)
+    history, step = [], 0
+    noise = torch.Generator(device=device).manual_seed(seed)
+    bar = tqdm(total=total_steps, disable=not progress, desc="classifier", unit="step")
+    for epoch in range(epochs):
+        model.train()
+        perm = epoch_permutation(n, seed, epoch).to(device)
+        start, total_loss = time.monotonic(), 0.0
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total_steps, lr, 0, "cosine")
+            x0 = data[idx]
+            if shift:
+                dy, dx = torch.randint(-shift, shift + 1, (2,), generator=noise, device=device).tolist()
+                x0 = torch.roll(x0, (dy, dx), dims=(2, 3))
+            if sde is None:
+                logits = model(x0)
+            else:
+                t = torch.rand(len(idx), generator=noise, device=device) * (sde.T - eps) + eps
+                x_t = sde.perturb(x0, t, normal_like(x0, noise))
+                logits = model(x_t, t)
+            loss = nn.functional.cross_entropy(logits, targets[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item()
+            step += 1
+            bar.update(1)
+        entry = {"epoch": epoch, "loss": total_loss / steps_per_epoch, "seconds": time.monotonic() - start}
+        if test is not None and sde is None:
+            entry["test_accuracy"] = classifier_accuracy(model, *test)
+        elif test is not None:
+            entry["test_accuracy"] = classifier_accuracy(model, *test, t=eps)
+            entry["test_accuracy_t0.5"] = classifier_accuracy(model, *test, t=0.5, sde=sde, seed=seed)
+        bar.set_postfix(entry)
+        history.append(entry)
+    bar.close()
+    model.eval()
+    return make_checkpoint(model, sde, history=history, step=step, epoch=float(epochs),
+                           settings={"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                                     "seed": seed, "shift": shift, "schedule": "cosine",
+                                     "dataset_size": n})
+
+
+def _check_compatible(state: dict, model: nn.Module, sde: SDE) -> None:
+    if state["net"] != model.config():
+        raise CheckpointError(f"checkpoint is for net {state['net']}, not {model.config()}")
+    if state["sde"] != sde.config():
+        raise CheckpointError(f"checkpoint is for SDE {state['sde']}, not {sde.config()}")
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+def run_description(device: torch.device, history: list[dict], argv=None) -> dict:
+    """Provenance and wall time of a training run, for its exported log."""
+    return {**provenance(device, "python -m sdelib.train", argv),
+            "wall_seconds": round(sum(entry["seconds"] for entry in history), 1)}
+
+
+_HELP = {
+    "epochs": "passes over the training images",
+    "lr": "peak learning rate of Adam (after the warm-up)",
+    "schedule": "cosine | constant, after the linear warm-up",
+    "eps": "smallest diffusion time of the training draws",
+    "weighting": "std2 (the tutorial's) | likelihood (g^2)",
+    "importance_sampling": "t with density g^2/v (likelihood weighting): ln sigma~^2 uniform",
+    "dequantize": "train on uniformly dequantised images (255 x + u) / 256",
+    "seed": "seed of the net's initialisation, the batches and the noise",
+    "batch_size": "images per step (all processes together)",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "ema_decay": "decay of the exponential moving average of the weights",
+    "grad_clip": "largest gradient norm (0: no clipping)",
+    "bf16": "bf16 autocast for the forward and backward passes",
+    "channels_last": "channels-last memory format (faster convolutions on CPU)",
+    "compile": "torch.compile the net",
+}
+
+
+_CHOICES = {"schedule": ("cosine", "constant"), "weighting": WEIGHTINGS}
+
+
+def _add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --option per training setting, its default read from `train`'s signature."""
+    parameters = inspect.signature(train).parameters
+    for name in TRAINING_SETTINGS:
+        default = parameters[name].default
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=_HELP.get(name))
+        else:
+            parser.add_argument(flag, type=type(default), default=default,
+                                choices=_CHOICES.get(name),
+                                help=f"{_HELP.get(name, name)} (default {default})")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sdelib.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--sde", default="ve", help="ve | ve-geometric | vp | subvp")
+    _add_setting_arguments(parser)
+    parser.add_argument("--noise-input", default="time", choices=["time", "log_sigma"],
+                        help="what ScoreNet's time embedding is fed")
+    parser.add_argument("--time-budget", type=float, default=None, help="stop (and save) after this many seconds")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--subset", type=int, default=None, help="train on the first N images only")
+    parser.add_argument("--out", required=True, help="checkpoint path (resumed if it exists)")
+    parser.add_argument("--export", default=None, metavar="NAME",
+                        help="when training is complete, export the EMA weights and the training log "
+                             "to sdelib/checkpoints/NAME.pt (loaded by load_pretrained(NAME))")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = torch.device(args.device) if args.device else default_device()
+    if distributed:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    from .data import load_mnist
+
+    sde = make_sde(args.sde)
+    images, _ = load_mnist("train")
+    if args.subset:
+        images = images[:args.subset]
+    torch.manual_seed(args.seed)  # the Fourier features of a new net
+    model = ScoreNet(sde, noise_input=args.noise_input)
+    try:
+        state = train(model, sde, images, device=device, checkpoint=args.out,
+                      time_budget=args.time_budget, max_steps=args.max_steps,
+                      **{name: getattr(args, name) for name in TRAINING_SETTINGS})
+        complete = state["step"] == args.epochs * (len(images) // args.batch_size)
+        if args.export and complete and _distributed()[0] == 0:
+            log = export_pretrained(args.out, CHECKPOINT_DIR / f"{args.export}.pt",
+                                    extra_log=run_description(device, state["history"], argv))
+            print(f"exported {args.export}: {log['file']} sha256 {log['sha256']}")
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
