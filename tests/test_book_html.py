@@ -44,11 +44,13 @@ def _skip_or_fail(reason: str):
 
 
 def _chapters() -> list[str]:
-    """The documents of _toc.yml (root first), e.g. 'book/intro'."""
+    """The notebook chapters of _toc.yml (root first), e.g. 'book/intro'; the reading aids
+    (notation, glossary, references) are Markdown pages, not chapters."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     entries = toc.get("chapters", []) + [
         entry for part in toc.get("parts", []) for entry in part.get("chapters", [])]
-    return [toc["root"]] + [entry["file"] for entry in entries]
+    docs = [toc["root"]] + [entry["file"] for entry in entries]
+    return [doc for doc in docs if (ROOT / f"{doc}.ipynb").exists()]
 
 
 def _jupyter_book() -> str:
