@@ -21,6 +21,15 @@ bpd_mean, bpd_standard_error, n, ...). The likelihood chapter reads it.
   batch (identical images, probes and batches), so an interrupted CPU run (about 2 hours on 2
   cores) loses at most one batch. On a GPU it is one ~minute run.
 
+    python benchmarks/likelihood_speed.py --tolerance-check 256 --fast-tol 1e-3 [--batch 256]
+
+- Fewer evaluations at the same accuracy: on the first N test images, the tutorial's path (scipy RK45,
+  rtol = atol = 1e-5, batches of 32) against the fast path at a looser tolerance (torchdiffeq dopri5,
+  rtol = atol = --fast-tol, one batch), same images and probes. Records images/s of each, the ratio,
+  the NFE, and the paired change of the bpd (mean ± SE, largest per image) as "tolerance_check" in
+  likelihood_speed.json, keeping that file's other figures. The looser tolerance is acceptable when
+  the mean moves by at most 0.01 bpd.
+
     python benchmarks/likelihood_speed.py --bf16-check 32 [--batch 32]
 
 - Whether bf16 may be used: the fast path on the first N test images twice, the score network in
@@ -71,6 +80,9 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true", help="with --full-test-set: continue an earlier run")
     parser.add_argument("--bf16-check", type=int, default=0, metavar="N",
                         help="only compare float32 and bf16-autocast networks on N images (into likelihood_speed.json)")
+    parser.add_argument("--tolerance-check", type=int, default=0, metavar="N",
+                        help="only compare the tutorial's path with the fast path at --fast-tol on N images")
+    parser.add_argument("--fast-tol", type=float, default=1e-3, help="rtol = atol of the fast path there")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON to write (the chapter reads the default: likelihood_speed.json, or "
                              "likelihood_full.json with --full-test-set)")
@@ -86,6 +98,8 @@ def main(argv=None):
         return full_test_set(model, sde, images, args, device, argv)
     if args.bf16_check:
         return bf16_check(model, sde, images, args, device, argv)
+    if args.tolerance_check:
+        return tolerance_check(model, sde, images, args, device, argv)
     n = max(args.compare, args.subset)
     generator = torch.Generator().manual_seed(args.seed)
     x = dequantize(images[:n], generator)                     # one dequantisation ...
@@ -159,6 +173,37 @@ def full_test_set(model, sde, images, args, device, argv):
                       images_per_s=estimate.n / report["seconds"])
         write_result(report, args.out, indent=None)   # whole, then renamed: a kill cannot corrupt it
         print(f"{estimate.n} images: bpd {estimate} ({report['seconds']:.0f} s so far)", flush=True)
+
+
+def tolerance_check(model, sde, images, args, device, argv):
+    """The tutorial's path at 1e-5 against the fast path at --fast-tol (see the docstring)."""
+    generator = torch.Generator().manual_seed(args.seed)
+    x = dequantize(images[:args.tolerance_check], generator)
+    probe = make_probe(x, "gaussian", generator)
+    loose = dict(TOLERANCE, rtol=args.fast_tol, atol=args.fast_tol)
+    reference = dataset_bpd(model, sde, x, probe, batch_size=32, device=device, solver="scipy",
+                            desc="scipy RK45, 1e-5", **TOLERANCE)
+    fast = dataset_bpd(model, sde, x, probe, batch_size=args.batch, device=device,
+                       solver="torchdiffeq", desc=f"torchdiffeq, {args.fast_tol:g}", **loose)
+    change = mean_and_standard_error((fast.bpd - reference.bpd).double())
+    check = {**provenance(device, "python benchmarks/likelihood_speed.py", argv), "n": len(x),
+             "scipy": {"tolerance": TOLERANCE["rtol"], "batch": 32, "seconds": reference.seconds,
+                       "images_per_s": len(x) / reference.seconds, "nfe_per_batch": reference.nfe,
+                       "bpd_mean": reference.bpd.mean().item()},
+             "fast": {"tolerance": args.fast_tol, "batch": args.batch, "seconds": fast.seconds,
+                      "images_per_s": len(x) / fast.seconds, "nfe_per_batch": fast.nfe,
+                      "bpd_mean": fast.bpd.mean().item()},
+             "ratio": reference.seconds / fast.seconds, "mean_difference": change.mean,
+             "difference_standard_error": change.standard_error,
+             "max_abs_difference_per_image": (fast.bpd - reference.bpd).abs().max().item(),
+             "accepted": abs(change.mean) <= 0.01}
+    print(f"scipy 1e-5: {check['scipy']['images_per_s']:.2f} images/s; fast {args.fast_tol:g}: "
+          f"{check['fast']['images_per_s']:.2f} images/s; ratio {check['ratio']:.1f}; bpd change "
+          f"{change.mean:+.4f} ± {change.standard_error:.4f}")
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report["tolerance_check"] = check
+    write_result(report, args.out)
+    print(f"wrote tolerance_check into {args.out}")
 
 
 def bf16_network(model, device: torch.device):

@@ -166,3 +166,31 @@ def test_bf16_check_runs_the_network_in_bf16_and_keeps_the_other_figures(tmp_pat
     assert check["float32"]["nfe_per_batch"] == [10, 10] and check["bf16"]["nfe_per_batch"] == [40, 40]
     assert check["mean_difference"] == pytest.approx(-1e-3, rel=1e-6)
     assert check["bf16"]["bpd_mean"] == pytest.approx(check["float32"]["bpd_mean"] - 1e-3, rel=1e-9)
+
+
+def test_tolerance_check_pairs_the_two_paths_and_keeps_the_other_figures(tmp_path, monkeypatch):
+    import math
+    import types
+
+    import torch
+    import sdelib.likelihood
+
+    calls = []
+
+    def fake_ode_likelihood(network, sde, x, *, probe, solver, rtol, **rest):
+        calls.append((solver, rtol, len(x)))
+        shift = 0.0 if solver == "scipy" else 0.004 * x[0].numel() * math.log(2.0)   # -0.004 bpd
+        return types.SimpleNamespace(log_p=-x.flatten(1).sum(1).double() + shift, nfe=100 if solver == "scipy" else 20)
+
+    monkeypatch.setattr(sdelib.likelihood, "ode_likelihood", fake_ode_likelihood)
+    out = tmp_path / "likelihood_speed.json"
+    out.write_text(json.dumps({"bpd_mean": 3.98, "bf16_check": {"n": 4}}))
+    args = argparse.Namespace(seed=0, batch=64, tolerance_check=40, fast_tol=1e-3, out=out)
+    likelihood_speed.tolerance_check(None, None, torch.rand(50, 1, 28, 28), args, torch.device("cpu"), [])
+    report = json.loads(out.read_text())
+    assert report["bpd_mean"] == 3.98 and report["bf16_check"] == {"n": 4}     # kept
+    check = report["tolerance_check"]
+    assert [c[0] for c in calls] == ["scipy", "scipy", "torchdiffeq"]            # 32 + 8, then 40
+    assert {c[1] for c in calls} == {1e-5, 1e-3} and check["n"] == 40
+    assert check["mean_difference"] == pytest.approx(-0.004, rel=1e-6) and check["accepted"]
+    assert check["fast"]["nfe_per_batch"] == [20] and check["scipy"]["nfe_per_batch"] == [100, 100]

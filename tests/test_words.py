@@ -30,9 +30,8 @@ def scanned_files():
     files = sorted((ROOT / "book").glob("*.ipynb")) + sorted((ROOT / "book").glob("*.md"))
     files += [ROOT / "README.md"]
     for folder in ("sdelib", "benchmarks"):
-        files += sorted((ROOT / folder).rglob("*.py"))
-    for folder in ("benchmarks/results", "sdelib"):
-        files += sorted((ROOT / folder).rglob("*.json"))
+        files += sorted((ROOT / folder).rglob("*.py")) + sorted((ROOT / folder).rglob("*.sh"))
+    files += sorted((ROOT / "sdelib").rglob("*.json"))     # shipped logs and results
     return [path for path in files if path.is_file() and ".ipynb_checkpoints" not in path.parts]
 
 
