@@ -25,11 +25,14 @@ __all__ = ["check_positive_int", "check_int", "check_real", "check_choice", "che
 
 
 def _got(value) -> str:
-    """`value` as a message shows it: its repr and, unless obvious, its type."""
-    text = repr(value)
+    """`value` as a message shows it: its repr and, unless obvious, its type (arrays and tensors
+    by their type, shape and dtype)."""
+    kind = type(value).__name__
+    if hasattr(value, "shape") and hasattr(value, "dtype") and getattr(value, "ndim", 0):
+        return f"a {kind} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    text = " ".join(repr(value).split())
     if len(text) > 60:
         text = text[:57] + "..."
-    kind = type(value).__name__
     return text if kind in ("int", "float", "str", "NoneType") else f"{text} ({kind})"
 
 

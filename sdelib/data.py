@@ -96,7 +96,9 @@ def _read_cache(cached: Path, split: str):
         data = torch.load(cached, weights_only=True)
         images, labels = data["images"], data["labels"]
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+        lines = [line for line in str(exc).splitlines() if line.strip()
+                 and "weights_only" not in line and "Weights only" not in line]
+        reason = "; ".join(lines)[:200]
         raise RuntimeError(f"the MNIST cache {cached} is truncated or corrupt "
                            f"({type(exc).__name__}: {reason}); {advice}") from None
     expected = (MNIST_SIZES[split], 1, 28, 28)
