@@ -239,7 +239,8 @@ def _sidecar(path: Path, required: bool = False, advice: str = "") -> dict | Non
         log = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"the log {meta_path} of {path.name} is not readable JSON "
-                              f"({type(exc).__name__}: {exc}); repair or delete it. {advice}") from None
+                              f"({type(exc).__name__}: {exc}); repair or delete it. "
+                              f"{advice}") from None
     if not isinstance(log, dict) or ("sha256" not in log and required):
         raise CheckpointError(f"the log {meta_path} of {path.name} has no 'sha256' entry; "
                               f"repair or delete it. {advice}")
@@ -247,7 +248,8 @@ def _sidecar(path: Path, required: bool = False, advice: str = "") -> dict | Non
         expected, actual = log["sha256"], sha256(path)
         if actual != expected:
             raise CheckpointError(f"{path} has sha256 {actual}, expected {expected} (from "
-                                  f"{meta_path.name}): the file is corrupt or was changed. {advice}")
+                                  f"{meta_path.name}): the file is corrupt or was changed. "
+                                  f"{advice}")
     return log
 
 

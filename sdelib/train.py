@@ -43,8 +43,8 @@ from .sde import SDE, make_sde, normal_like
 
 SCHEDULES = ("cosine", "constant")
 
-__all__ = ["TRAINING_SETTINGS", "SCHEDULES", "train", "train_classifier", "learning_rate", "ema_decay_at",
-           "ema_update", "epoch_permutation", "main"]
+__all__ = ["TRAINING_SETTINGS", "SCHEDULES", "train", "train_classifier", "learning_rate",
+           "ema_decay_at", "ema_update", "epoch_permutation", "main"]
 
 # The settings a training run records (its checkpoint's "settings"); their defaults are written once,
 # in `train`'s signature, and the CLI is built from them.
@@ -111,7 +111,8 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
 
     check_instance("model", model, nn.Module, "MLPScoreNet(sde)")
     check_instance("sde", sde, SDE, "VESDE(25.0)")
-    epochs, batch_size = check_positive_int("epochs", epochs), check_positive_int("batch_size", batch_size)
+    epochs = check_positive_int("epochs", epochs)
+    batch_size = check_positive_int("batch_size", batch_size)
     lr = check_real("lr", lr, low=0.0, low_open=True)
     warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
     check_choice("schedule", schedule, SCHEDULES)
@@ -304,7 +305,8 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     from tqdm.auto import tqdm
 
     check_instance("model", model, nn.Module, "MNISTClassifier()")
-    epochs, batch_size = check_positive_int("epochs", epochs), check_positive_int("batch_size", batch_size)
+    epochs = check_positive_int("epochs", epochs)
+    batch_size = check_positive_int("batch_size", batch_size)
     lr = check_real("lr", lr, low=0.0, low_open=True)
     seed, shift = check_int("seed", seed, minimum=0), check_int("shift", shift, minimum=0)
     if sde is not None:
@@ -407,7 +409,7 @@ _HELP = {
 }
 
 
-_CHOICES = {"schedule": ("cosine", "constant"), "weighting": WEIGHTINGS}
+_CHOICES = {"schedule": SCHEDULES, "weighting": WEIGHTINGS}
 
 
 def _add_setting_arguments(parser: argparse.ArgumentParser) -> None:
