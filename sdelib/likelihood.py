@@ -26,6 +26,9 @@ from typing import NamedTuple
 
 import torch
 
+from .checks import (check_choice, check_data, check_floating_tensor,
+                     check_generator, check_instance, check_positive_int, check_real,
+                     check_tensor, checked_score_fn)
 from .ode import check_solver, solve
 from .sde import SDE, normal_like
 
@@ -82,14 +85,18 @@ def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
     `prior_logp(z)` defaults to sde.prior_logp; pass the exact log p_T to remove the prior
     approximation (tests do). `probe` fixes the Hutchinson probes
     (shape of x) instead of drawing them, so two solvers can be compared on identical estimates."""
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
+    check_choice("divergence", divergence, DIVERGENCES)
     check_solver(solver, method)
-    if not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).nonzero().flatten().tolist()
-        raise ValueError(f"x has non-finite values in samples {bad[:10]}")
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, {sde.T}), got {eps}")
+    check_instance("sde", sde, SDE, "VESDE(25.0)")
+    score_fn = checked_score_fn(score_fn)
+    check_data("x", x)
+    eps = check_real("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True)
+    rtol = check_real("rtol", rtol, low=0.0, low_open=True)
+    atol = check_real("atol", atol, low=0.0, low_open=True)
+    max_nfe = check_positive_int("max_nfe", max_nfe)
+    check_generator("generator", generator)
+    if probe is not None:
+        check_tensor("probe", probe)
     drift = sde.reverse(score_fn, probability_flow=True).drift
     if divergence == "exact":
         probe = None
@@ -112,7 +119,11 @@ def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
                                  max_nfe=max_nfe, what="likelihood ODE")
     delta_logp = delta_logp.double()
     prior = (prior_logp or sde.prior_logp)(z).double()
-    return LikelihoodResult(prior + delta_logp, z, nfe)
+    log_p = prior + delta_logp
+    if not bool(torch.isfinite(log_p).all()):
+        raise FloatingPointError("ode_likelihood: log p is NaN or infinite (the prior_logp of "
+                                 "x(T), or the integrated divergence, is not finite)")
+    return LikelihoodResult(log_p, z, nfe)
 
 
 class BpdResult(NamedTuple):
@@ -134,8 +145,11 @@ def bits_per_dim(log_p: torch.Tensor, dims: int, offset: float = 8.0) -> torch.T
 
 
 def check_unit_images(images: torch.Tensor) -> None:
+    check_floating_tensor("images", images)
     if images.ndim != 4:
         raise ValueError(f"images must have shape (batch, channels, height, width), got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty batch, got shape {tuple(images.shape)}")
     if not torch.isfinite(images).all():
         raise ValueError("images contain NaN or infinite values")
     if images.min() < 0 or images.max() > 1:
@@ -170,6 +184,10 @@ def dataset_bpd(score_fn, sde: SDE, x: torch.Tensor, probe: torch.Tensor | None 
 
     from tqdm.auto import tqdm
 
+    check_data("x", x)
+    batch_size = check_positive_int("batch_size", batch_size)
+    check_choice("divergence", divergence, DIVERGENCES)
+    check_generator("generator", generator)
     if probe is None:
         probe = None if divergence == "exact" else make_probe(x, divergence, generator)
     device = torch.device(device) if device is not None else x.device

@@ -25,6 +25,9 @@ import math
 
 import torch
 
+from .checks import (check_batch_nonempty, check_choice, check_finite_tensor,
+                     check_floating_tensor, check_generator, check_instance, check_positive_int,
+                     check_real, check_score_output, check_tensor)
 from .sde import SDE, append_dims, normal_like
 
 __all__ = ["WEIGHTINGS", "dsm_loss", "sample_time", "importance_weight",
@@ -44,6 +47,10 @@ def sample_time(sde: SDE, batch: int, *, eps: float = 1e-5, importance_sampling:
                 dtype=torch.float32) -> torch.Tensor:
     """Diffusion times for a DSM batch: t ~ U(eps, T), or with `importance_sampling` t with density
     g(t)^2 / (v(t) Z) on [eps, T], i.e. ln sigma~(t)^2 uniform (see the module docstring)."""
+    check_instance("sde", sde, SDE, "VESDE(25.0)")
+    batch = check_positive_int("batch", batch)
+    eps = check_real("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True)
+    check_generator("generator", generator)
     u = torch.rand(batch, generator=generator, device=device, dtype=dtype)
     if not importance_sampling:
         return u * (sde.T - eps) + eps
@@ -62,16 +69,26 @@ def importance_weight(sde: SDE, eps: float) -> float:
 def dsm_loss(score_fn, sde: SDE, x0: torch.Tensor, *, eps: float = 1e-5, weighting: str = "std2",
              importance_sampling: bool = False, t: torch.Tensor | None = None,
              z: torch.Tensor | None = None, generator: torch.Generator | None = None,
-             reduce: bool = True) -> torch.Tensor:
+             reduce: bool = True, check_finite: bool = True) -> torch.Tensor:
     """Denoising score-matching loss of `score_fn(x, t)` on a batch x0.
 
     t and z may be given (common random numbers for comparisons); otherwise t is drawn by
     `sample_time` and z ~ N(0, I), both with `generator`. With `importance_sampling` (likelihood
     weighting only) t follows the density g^2 / v and the result estimates the same
     likelihood-weighted loss as uniform t, with far smaller variance. Returns the batch mean, or
-    per-sample losses (batch,) if reduce=False (for mean ± standard error)."""
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+    per-sample losses (batch,) if reduce=False (for mean ± standard error). `check_finite`
+    checks x0 and the loss for NaN / inf (two synchronisations); `train` checks its data once
+    and its loss at every step itself, so it turns this off."""
+    check_choice("weighting", weighting, WEIGHTINGS)
+    check_instance("sde", sde, SDE, "VESDE(25.0)")
+    eps = check_real("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True)
+    check_batch_nonempty("x0", check_floating_tensor("x0", x0))
+    if check_finite:
+        check_finite_tensor("x0", x0)
+    if t is not None:
+        check_tensor("t", t)
+    if z is not None:
+        check_tensor("z", z)
     if importance_sampling and weighting != "likelihood":
         raise ValueError("importance_sampling draws t for the 'likelihood' weighting; "
                          f"got weighting={weighting!r}")
@@ -83,10 +100,15 @@ def dsm_loss(score_fn, sde: SDE, x0: torch.Tensor, *, eps: float = 1e-5, weighti
         z = normal_like(x0, generator)
     x_t = sde.perturb(x0, t, z)
     std = sde.marginal_std(t)
-    residual = score_fn(x_t, t) * append_dims(std, x0.ndim) + z
+    score = check_score_output(score_fn(x_t, t), x_t, finite=False)
+    residual = score * append_dims(std, x0.ndim) + z
     per_sample = residual.pow(2).reshape(batch, -1).sum(dim=1)
     if importance_sampling:
         per_sample = per_sample * importance_weight(sde, eps)
     elif weighting == "likelihood":
         per_sample = per_sample * (sde.diffusion(t) / std) ** 2
-    return per_sample.mean() if reduce else per_sample
+    loss = per_sample.mean() if reduce else per_sample
+    if check_finite and not bool(torch.isfinite(loss).all()):
+        raise FloatingPointError("dsm_loss: the loss is NaN or infinite although x0 is finite: "
+                                 "score_fn returned non-finite values")
+    return loss

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .checks import check_callable, check_generator, check_int
 from .losses import dsm_loss
 from .sde import SDE, normal_like
 
@@ -71,14 +72,34 @@ def _moments(features: torch.Tensor):
 
 
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted (mean, unbiased covariance) to two feature sets."""
-    return frechet_distance_from_moments(*_moments(features_a), *_moments(features_b))
+    """Fréchet distance between Gaussians fitted (mean, unbiased covariance) to two feature sets.
+
+    Each set needs more samples than feature dimensions: n samples give a covariance of rank at
+    most n - 1, singular for n <= d, and the distance is then dominated by that estimate."""
+    moments = []
+    for name, features in (("features_a", features_a), ("features_b", features_b)):
+        moments += _moments(features)
+        n, d = features.shape
+        if n <= d:
+            raise ValueError(f"{name} has {n} samples of dimension {d}: its covariance has rank "
+                             f"at most {n - 1} < {d} (singular), so the Fréchet distance is not "
+                             f"meaningful; use at least {d + 1} samples per set (in practice "
+                             f"several times d)")
+    if features_a.shape[1] != features_b.shape[1]:
+        raise ValueError(f"features_a and features_b must have the same dimension, got "
+                         f"{features_a.shape[1]} and {features_b.shape[1]}")
+    return frechet_distance_from_moments(*moments)
 
 
 def bootstrap_standard_error(statistic, *samples: torch.Tensor, n_boot: int = 50,
                              generator: torch.Generator | None = None) -> float:
     """Standard deviation of `statistic(*resampled)` over `n_boot` bootstrap resamples, each sample
     (rows) resampled with replacement independently."""
+    check_callable("statistic", statistic)
+    n_boot = check_int("n_boot", n_boot, minimum=2)
+    check_generator("generator", generator)
+    if not samples:
+        raise ValueError("bootstrap_standard_error needs at least one sample to resample")
     generator = generator or torch.Generator().manual_seed(0)
     values = []
     for _ in range(n_boot):

@@ -25,6 +25,16 @@ __all__ = ["NOISE_INPUTS", "ScoreNet", "MLPScoreNet", "MNISTClassifier",
            "net_from_config", "count_parameters"]
 
 
+def check_positive_time(net: str, t: torch.Tensor) -> None:
+    """A score net divides by std(t), which is 0 at t = 0: refuse t <= 0 (and NaN) instead of
+    returning inf. Skipped while torch.compile traces (the check would break the graph)."""
+    if torch.compiler.is_compiling() or not t.numel():
+        return
+    if not bool((t > 0).all()):
+        raise ValueError(f"{net}: t must be > 0 (std(t) = 0 at t = 0, where the score is "
+                         f"undefined), got values in [{t.min().item():.3g}, {t.max().item():.3g}]")
+
+
 def swish(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(x)
 
@@ -106,6 +116,7 @@ class ScoreNet(nn.Module):
             raise ValueError(f"ScoreNet expects images of shape (batch, {self.image_channels}, 28, 28), "
                              f"got {tuple(x.shape)}")
         check_batch(x, t)
+        check_positive_time("ScoreNet", t)
         t = t.expand(x.shape[0]) if t.ndim == 1 and t.shape[0] == 1 else t
         embed = swish(self.embed(noise_condition(self.sde, t, self.noise_input, self.noise_eps)))
         h1 = swish(self.gnorm1(self.conv1(x) + self.dense1(embed)))
@@ -145,6 +156,7 @@ class MLPScoreNet(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLPScoreNet expects points of shape (batch, {self.dim}), got {tuple(x.shape)}")
         check_batch(x, t)
+        check_positive_time("MLPScoreNet", t)
         t = t.expand(x.shape[0]) if t.ndim == 1 and t.shape[0] == 1 else t
         h = self.mlp(torch.cat([x, self.embed(t).to(x.dtype)], dim=1))
         return h / self.sde.marginal_std(t)[:, None].to(h.dtype)

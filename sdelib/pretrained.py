@@ -6,15 +6,34 @@ being told what they were. `save_checkpoint` writes atomically (a temporary file
 
 The shipped models live in `sdelib/checkpoints/<name>.pt`, each with a JSON log beside it (sha256,
 settings, loss per epoch, machine, wall time, command). `load_pretrained(name)` checks the sha256
-before loading; `export_pretrained` writes that pair from a finished training checkpoint.
-`SHIPPED` names each shipped model and the command that retrains it.
+before loading, and so does `model_from_checkpoint` whenever such a log lies beside the file;
+`export_pretrained` writes that pair from a finished training checkpoint. `SHIPPED` names each
+shipped model and the command that retrains it.
+
+Faults. A Ctrl-C (SIGINT) that arrives while a checkpoint is written is held until the write is
+complete (`deferred_sigint`), then delivered, so the file is whole and `train`'s Ctrl-C path
+can still make its final save. The temporary file is removed on every path; the ones a SIGKILL
+leaves are removed by `remove_stale_temporaries` when the next training on that output starts,
+under `training_lock`, an OS lock (flock) that dies with its process: two trainings never write
+one output, and a resume after a crash is never blocked. A refused file says why: "contains code,
+refused" (a pickle that is not plain data) is told apart from "corrupt or truncated".
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
+import re
+import signal
 import tempfile
+import threading
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:                                    # Windows: no flock, no lock
+    fcntl = None
 
 import torch
 from torch import nn
@@ -23,9 +42,10 @@ from .nets import net_from_config
 from .provenance import sha256
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "CHECKPOINT_DIR", "SHIPPED", "CheckpointError", "make_checkpoint",
-    "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "export_pretrained",
-    "load_pretrained",
+    "CHECKPOINT_FORMAT", "CHECKPOINT_DIR", "SHIPPED", "CheckpointError", "CheckpointLockedError",
+    "make_checkpoint", "deferred_sigint", "save_checkpoint", "remove_stale_temporaries",
+    "training_lock", "load_checkpoint", "require_keys", "model_from_checkpoint",
+    "export_pretrained", "load_pretrained",
 ]
 
 CHECKPOINT_FORMAT = "sdelib-checkpoint-v1"
@@ -53,6 +73,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that is missing, corrupt, truncated or for another model."""
 
 
+class CheckpointLockedError(CheckpointError):
+    """Another running process trains to the same output."""
+
+
 def make_checkpoint(model: nn.Module, sde, *, history: list, step: int, epoch: float,
                     settings: dict, ema: nn.Module | None = None, **extra) -> dict:
     """The checkpoint dict of a model (and its EMA), with the settings that rebuild it."""
@@ -62,20 +86,116 @@ def make_checkpoint(model: nn.Module, sde, *, history: list, step: int, epoch: f
             "step": step, "epoch": epoch, "settings": settings, **extra}
 
 
+class deferred_sigint:                                  # noqa: N801 - used like a function
+    """`with deferred_sigint():` holds a SIGINT (Ctrl-C) that arrives inside the block until the
+    block has finished, then delivers it to the handler that was installed before (by default
+    KeyboardInterrupt). Without it, a Ctrl-C inside torch.save's zip writer surfaces as a
+    RuntimeError that replaces the KeyboardInterrupt and loses the file. Signals can only be
+    handled in the main thread; elsewhere the block runs unprotected."""
+
+    def __enter__(self):
+        self.received, self.previous = False, None
+        self.active = threading.current_thread() is threading.main_thread()
+        if self.active:
+            try:
+                self.previous = signal.signal(signal.SIGINT, self._record)
+            except ValueError:                          # not the main interpreter
+                self.active = False
+        return self
+
+    def _record(self, signum, frame):
+        self.received = True
+
+    def __exit__(self, kind, exc, tb):
+        if self.active:
+            previous = self.previous if self.previous is not None else signal.SIG_DFL
+            signal.signal(signal.SIGINT, previous)
+            if self.received:                           # now, to the previous handler
+                signal.raise_signal(signal.SIGINT)
+        return False
+
+
+def _temporary_pattern(path: Path) -> re.Pattern:
+    """The names mkstemp gives `save_checkpoint`'s temporary files for `path`."""
+    return re.compile(re.escape(path.name) + r"[A-Za-z0-9_]{8}\.tmp")
+
+
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write `state` atomically: to a temporary file in the same folder, then rename."""
+    """Write `state` atomically: to a temporary file in the same folder, then rename. A SIGINT
+    during the write is delivered once the file is complete (`deferred_sigint`); the temporary
+    file is removed on every path except a SIGKILL (see `remove_stale_temporaries`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; checkpoints are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with deferred_sigint():
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; checkpoints are ordinary files
+            os.replace(tmp, path)
+            tmp = None
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files of `path` that a killed `save_checkpoint` left (`<name>XXXXXXXX
+    .tmp`); returns them. Call it only while holding `training_lock(path)`: a running save's
+    temporary file has the same form."""
+    path = Path(path)
+    pattern, removed = _temporary_pattern(path), []
+    if path.parent.is_dir():
+        for candidate in path.parent.iterdir():
+            if pattern.fullmatch(candidate.name) and candidate.is_file():
+                candidate.unlink(missing_ok=True)
+                removed.append(candidate)
+    return removed
+
+
+@contextlib.contextmanager
+def training_lock(path: str | Path):
+    """Hold an exclusive, non-blocking flock on `<path>.lock` for the block: a second training
+    on the same output is refused (CheckpointLockedError) while the first runs. The OS drops the
+    lock when its process dies, even by SIGKILL, so a resume is never blocked by a crash. The lock
+    file itself stays (removing it would let two processes lock two different files)."""
+    path = Path(path)
+    lock_path = path.with_name(path.name + ".lock")
+    if fcntl is None:
+        yield lock_path
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise CheckpointLockedError(
+                f"another training is writing {path}: process {holder} holds {lock_path}. "
+                "Wait for it to finish, stop it, or train to another output; the lock is "
+                "released when that process ends (also if it is killed)") from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            yield lock_path
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _without_torch_advice(exc: BaseException) -> str:
+    """torch's error text without its advice to load with weights_only=False (which would run
+    whatever code the file holds)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    kept = [line for line in lines if line and "weights_only" not in line
+            and "Weights only load failed" not in line and "file an issue" not in line]
+    return "; ".join(kept)[:300] or type(exc).__name__
+
+
+_CODE_REFUSED = re.compile(r"GLOBAL|global|Unsupported class|unsupported class")
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -85,19 +205,92 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = _without_torch_advice(exc)
+        if _CODE_REFUSED.search(str(exc)):
+            raise CheckpointError(f"{path} is not a checkpoint: it contains code (objects that "
+                                  f"are not tensors or plain data), refused ({reason})") from None
+        raise CheckpointError(f"{path} is corrupt or truncated ({reason})") from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CheckpointError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path} is corrupt or truncated "
+                              f"({type(exc).__name__}: {_without_torch_advice(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an sdelib checkpoint (format {CHECKPOINT_FORMAT})")
     return state
 
 
+def require_keys(state: dict, keys, where) -> None:
+    """CheckpointError naming the keys of `keys` that `state` lacks."""
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise CheckpointError(f"{where} lacks {missing}: it was not written by this version of "
+                              "sdelib, or was edited")
+
+
+def _sidecar(path: Path, required: bool = False, advice: str = "") -> dict | None:
+    """The JSON log beside `path` (`<stem>.json`), after checking `path` against its sha256;
+    None if there is none (an error if `required`). Broken logs raise CheckpointError."""
+    meta_path = path.with_suffix(".json")
+    if not meta_path.exists():
+        if required:
+            raise CheckpointError(f"{path} has no log {meta_path.name} beside it. {advice}")
+        return None
+    try:
+        log = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"the log {meta_path} of {path.name} is not readable JSON "
+                              f"({type(exc).__name__}: {exc}); repair or delete it. "
+                              f"{advice}") from None
+    if not isinstance(log, dict) or ("sha256" not in log and required):
+        raise CheckpointError(f"the log {meta_path} of {path.name} has no 'sha256' entry; "
+                              f"repair or delete it. {advice}")
+    if "sha256" in log:
+        expected, actual = log["sha256"], sha256(path)
+        if actual != expected:
+            raise CheckpointError(f"{path} has sha256 {actual}, expected {expected} (from "
+                                  f"{meta_path.name}): the file is corrupt or was changed. "
+                                  f"{advice}")
+    return log
+
+
 def model_from_checkpoint(path_or_state, use_ema: bool = True, map_location="cpu"):
-    """Rebuild (model, sde) from a checkpoint; the EMA weights by default. Model in eval mode."""
-    state = path_or_state if isinstance(path_or_state, dict) else load_checkpoint(path_or_state, map_location)
-    model = net_from_config(state["net"], state["sde"])
+    """Rebuild (model, sde) from a checkpoint; the EMA weights by default. Model in eval mode.
+
+    A path with a JSON log beside it (`export_pretrained`'s `<stem>.json`, holding a sha256) is
+    checked against that hash first, and its SDE and net must agree with the file's."""
+    if isinstance(path_or_state, dict):
+        return _model_from_state(path_or_state, use_ema, "the checkpoint dict")
+    path = Path(path_or_state)
+    log = _sidecar(path) if path.exists() else None
+    state = load_checkpoint(path, map_location)
+    _check_against_log(state, log, path)
+    return _model_from_state(state, use_ema, str(path))
+
+
+def _check_against_log(state: dict, log: dict | None, path: Path) -> None:
+    for key in ("sde", "net"):
+        if log is not None and key in log and key in state and log[key] != state[key]:
+            raise CheckpointError(f"{path} holds {key} {state[key]} but its log "
+                                  f"{path.with_suffix('.json').name} says {log[key]}: one of the "
+                                  "two was replaced; re-export the pair")
+
+
+def _model_from_state(state: dict, use_ema: bool, where: str):
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where} is not a checkpoint dict, got {type(state).__name__}")
+    require_keys(state, ("net", "sde", "model"), where)
+    try:
+        model = net_from_config(state["net"], state["sde"])
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{where} has net {state['net']} and SDE {state['sde']}, which "
+                              f"build no model: {type(exc).__name__}: {exc}") from None
     weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4]) or str(exc)
+        raise CheckpointError(f"{where}: its weights do not fit its net {state['net']} "
+                              f"({detail[:300]})") from None
     return model.eval(), getattr(model, "sde", None)
 
 
@@ -113,7 +306,10 @@ def export_pretrained(train_checkpoint: str | Path, out: str | Path, extra_log: 
     log = {"file": out.name, "sha256": sha256(out), "sde": state["sde"], "net": state["net"],
            "settings": state["settings"], "steps": state["step"], "history": state["history"]}
     log.update(extra_log or {})
-    out.with_suffix(".json").write_text(json.dumps(log, indent=1) + "\n")
+    meta_path = out.with_suffix(".json")
+    partial = meta_path.with_name(meta_path.name + ".partial")
+    partial.write_text(json.dumps(log, indent=1) + "\n")
+    partial.replace(meta_path)                          # the log whole, or the old one
     return log
 
 
@@ -126,9 +322,7 @@ def load_pretrained(name: str = "mnist-ve", map_location="cpu"):
     if not path.exists() or not meta_path.exists():
         available = sorted(p.stem for p in CHECKPOINT_DIR.glob("*.pt"))
         raise CheckpointError(f"no shipped checkpoint {name!r} (available: {available}). {retrain}")
-    expected = json.loads(meta_path.read_text())["sha256"]
-    actual = sha256(path)
-    if actual != expected:
-        raise CheckpointError(f"{path} has sha256 {actual}, expected {expected}: the file is "
-                              f"corrupt or was changed. {retrain}")
-    return model_from_checkpoint(path, map_location=map_location)
+    log = _sidecar(path, required=True, advice=retrain)
+    state = load_checkpoint(path, map_location)
+    _check_against_log(state, log, path)
+    return _model_from_state(state, True, str(path))

@@ -33,6 +33,9 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from .checks import (FiniteSteps, check_callable, check_choice, check_data, check_finite_result,
+                     check_generator, check_instance, check_int, check_positive_int, check_real,
+                     check_shape, check_tensor, checked_score_fn)
 from .ode import ODEConvergenceError, check_solver, solve
 from .sde import SDE, append_dims, normal_like
 
@@ -49,20 +52,29 @@ class SamplerResult(NamedTuple):
 PREDICTORS = ("euler_maruyama", "reverse_diffusion")
 
 
-def check_sampler_arguments(shape, steps, eps, sde: SDE) -> None:
-    if len(shape) < 2:
-        raise ValueError(f"shape must be (batch, ...data dims), got {tuple(shape)}")
-    if steps is not None and (not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, {sde.T}), got {eps}")
+def check_sampler_arguments(shape, steps, eps, sde: SDE, *, score_fn=None, generator=None,
+                            callback=None):
+    """The arguments every sampler shares (`checks`); returns (shape, steps, eps) normalised
+    (shape a tuple of ints, steps an int or None for the adaptive ODE, eps a float)."""
+    check_instance("sde", sde, SDE, "VESDE(25.0)")
+    if score_fn is not None:
+        check_callable("score_fn", score_fn)
+    shape = check_shape("shape", shape)
+    if steps is not None:
+        steps = check_positive_int("steps", steps)
+    eps = check_real("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True)
+    check_generator("generator", generator)
+    check_callable("callback", callback, optional=True)
+    return shape, steps, eps
 
 
 def initial_state(sde: SDE, shape, generator, device, x_init):
     device = generator.device if generator is not None else torch.device(device or "cpu")
     if x_init is not None:
+        check_tensor("x_init", x_init)
         if tuple(x_init.shape) != tuple(shape):
             raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {tuple(shape)}")
+        check_data("x_init", x_init)
         return x_init.to(device), device
     return sde.prior_sampling(shape, generator=generator, device=device), device
 
@@ -97,20 +109,23 @@ def euler_maruyama(score_fn, sde: SDE, shape, *, steps: int = 500, eps: float = 
     returning x_mean of the last step (no noise added at the end), as the tutorial does. As in
     the tutorial, step i evaluates at t_i and moves by dt, so the last step (at t = eps) ends
     nominally at eps - dt: the steps sample [eps, T] on the grid's left end points."""
-    check_sampler_arguments(shape, steps, eps, sde)
+    shape, steps, eps = check_sampler_arguments(shape, steps, eps, sde, score_fn=score_fn,
+                                                generator=generator, callback=callback)
+    score_fn = checked_score_fn(score_fn)
     x, device = initial_state(sde, shape, generator, device, x_init)
     reverse = sde.reverse(score_fn)
     times, dt = time_grid(sde, steps, eps, device, x.dtype)
-    x_mean = x
+    x_mean, finite = x, FiniteSteps()
     for i, t in enumerate(times):
         x_mean, noise_scale = euler_maruyama_step(reverse, x, t.expand(shape[0]), dt)
         x = x_mean + noise_scale * normal_like(x, generator)
+        finite.update(x_mean)
         if callback is not None:
             callback(i, t.item(), x_mean)
     nfe = steps
     if denoise:
         x_mean, nfe = tweedie_denoise(score_fn, sde, x_mean, eps), nfe + 1
-    return SamplerResult(x_mean, nfe)
+    return SamplerResult(check_finite_result("euler_maruyama", x_mean, finite, times), nfe)
 
 
 def langevin_corrector_step(score_fn, sde: SDE, x, t_vec, dt, snr, generator):
@@ -135,17 +150,16 @@ def predictor_corrector(score_fn, sde: SDE, shape, *, steps: int = 500, snr: flo
     'euler_maruyama' (the tutorial's default) or 'reverse_diffusion' (the paper's, eq. (47):
     x_mean = x - f_i + G_i^2 s, x = x_mean + G_i z with (f_i, G_i) = sde.discretize).
     Returns the last x_mean; nfe = steps * (1 + corrector_steps)."""
-    check_sampler_arguments(shape, steps, eps, sde)
-    if not snr > 0:
-        raise ValueError(f"snr must be > 0, got {snr}")
-    if predictor not in PREDICTORS:
-        raise ValueError(f"unknown predictor {predictor!r}; choose one of {PREDICTORS}")
-    if not isinstance(corrector_steps, int) or corrector_steps < 0:
-        raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
+    shape, steps, eps = check_sampler_arguments(shape, steps, eps, sde, score_fn=score_fn,
+                                                generator=generator, callback=callback)
+    snr = check_real("snr", snr, low=0.0, low_open=True)
+    check_choice("predictor", predictor, PREDICTORS)
+    corrector_steps = check_int("corrector_steps", corrector_steps, minimum=0)
+    score_fn = checked_score_fn(score_fn)
     x, device = initial_state(sde, shape, generator, device, x_init)
     reverse = sde.reverse(score_fn)
     times, dt = time_grid(sde, steps, eps, device, x.dtype)
-    x_mean = x
+    x_mean, finite = x, FiniteSteps()
     for i, t in enumerate(times):
         t_vec = t.expand(shape[0])
         for _ in range(corrector_steps):
@@ -158,12 +172,15 @@ def predictor_corrector(score_fn, sde: SDE, shape, *, steps: int = 500, snr: flo
             x_mean = x - f + G ** 2 * score_fn(x, t_vec)
             noise_scale = G
         x = x_mean + noise_scale * normal_like(x, generator)
+        finite.update(x_mean)
         if callback is not None:
             callback(i, t.item(), x_mean)
     nfe = steps * (1 + corrector_steps)
     if denoise:
         x_mean, nfe = tweedie_denoise(score_fn, sde, x_mean, eps), nfe + 1
-    return SamplerResult(x_mean, nfe)
+    hint = "; a score of norm 0 makes the Langevin step infinite" if corrector_steps else ""
+    return SamplerResult(check_finite_result("predictor_corrector", x_mean, finite, times, hint),
+                         nfe)
 
 
 def probability_flow_ode(score_fn, sde: SDE, shape, *, eps: float = 1e-3, rtol: float = 1e-5,
@@ -176,7 +193,12 @@ def probability_flow_ode(score_fn, sde: SDE, shape, *, eps: float = 1e-3, rtol: 
     scheme of that solver. Adaptive, so there is no `steps`; `max_nfe` bounds the work: a solver
     failure or an exhausted budget raises ODEConvergenceError instead of hanging."""
     check_solver(solver, method)
-    check_sampler_arguments(shape, None, eps, sde)
+    shape, _, eps = check_sampler_arguments(shape, None, eps, sde, score_fn=score_fn,
+                                            generator=generator, callback=callback)
+    rtol = check_real("rtol", rtol, low=0.0, low_open=True)
+    atol = check_real("atol", atol, low=0.0, low_open=True)
+    max_nfe = check_positive_int("max_nfe", max_nfe)
+    score_fn = checked_score_fn(score_fn)
     x, device = initial_state(sde, shape, generator, device, x_init)
     drift = sde.reverse(score_fn, probability_flow=True).drift
     step_callback = None if callback is None else (lambda i, t, state: callback(i, t, state[0]))
@@ -187,7 +209,7 @@ def probability_flow_ode(score_fn, sde: SDE, shape, *, eps: float = 1e-3, rtol: 
         with torch.no_grad():
             x = tweedie_denoise(score_fn, sde, x, eps)
         nfe += 1
-    return SamplerResult(x, nfe)
+    return SamplerResult(check_finite_result("probability_flow_ode", x), nfe)
 
 
 def heun_time_grid(sde: SDE, steps: int, eps: float = 1e-3, rho: float = 7.0) -> torch.Tensor:
@@ -212,8 +234,10 @@ def heun_ode(score_fn, sde: SDE, shape, *, steps: int = 18, eps: float = 1e-3, r
     dy/dsigma = -sigma m(t) s(m(t) y, t), which is the probability-flow ODE of every linear SDE here
     and is close to linear in sigma, so few steps suffice. The times come from `heun_time_grid`.
     It is `edm_stochastic` without noise (churn 0), whose loop holds the Heun step."""
-    return edm_stochastic(score_fn, sde, shape, steps=steps, order=2, eps=eps, rho=rho, churn=0.0,
-                          generator=generator, callback=callback, denoise=denoise, x_init=x_init, device=device)
+    return _edm(score_fn, sde, shape, steps=steps, order=2, eps=eps, rho=rho, churn=0.0,
+                churn_sigma_min=0.0, churn_sigma_max=math.inf, noise_inflation=1.0,
+                generator=generator, callback=callback, denoise=denoise, x_init=x_init,
+                device=device, what="heun_ode")
 
 
 @torch.no_grad()
@@ -233,11 +257,25 @@ def edm_stochastic(score_fn, sde: SDE, shape, *, steps: int = 25, order: int = 2
     and integrating it back out is a Langevin-like correction that repairs score errors the ODE
     alone carries to t = eps; churn = 0 with order 2 is `heun_ode` (which calls this). steps * order
     evaluations; sigma^ never exceeds sigma(T)."""
-    check_sampler_arguments(shape, steps, eps, sde)
-    if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho}")
-    if order not in (1, 2):
+    return _edm(score_fn, sde, shape, steps=steps, order=order, eps=eps, rho=rho, churn=churn,
+                churn_sigma_min=churn_sigma_min, churn_sigma_max=churn_sigma_max,
+                noise_inflation=noise_inflation, generator=generator, callback=callback,
+                denoise=denoise, x_init=x_init, device=device, what="edm_stochastic")
+
+
+def _edm(score_fn, sde, shape, *, steps, order, eps, rho, churn, churn_sigma_min,
+         churn_sigma_max, noise_inflation, generator, callback, denoise, x_init, device, what):
+    """The loop of `edm_stochastic` and `heun_ode`; `what` names the sampler in errors."""
+    shape, steps, eps = check_sampler_arguments(shape, steps, eps, sde, score_fn=score_fn,
+                                                generator=generator, callback=callback)
+    rho = check_real("rho", rho, low=0.0, low_open=True)
+    if check_int("order", order) not in (1, 2):
         raise ValueError(f"order must be 1 (Euler) or 2 (Heun), got {order!r}")
+    churn = check_real("churn", churn, low=0.0)
+    noise_inflation = check_real("noise_inflation", noise_inflation, low=0.0, low_open=True)
+    churn_sigma_min = check_real("churn_sigma_min", churn_sigma_min, low=0.0)
+    churn_sigma_max = check_real("churn_sigma_max", churn_sigma_max, low=0.0, finite=False)
+    score_fn = checked_score_fn(score_fn)
     if not churn >= 0 or not noise_inflation > 0 or not churn_sigma_min <= churn_sigma_max:
         raise ValueError(f"need churn >= 0 (got {churn}), noise_inflation > 0 (got {noise_inflation}) and "
                          f"churn_sigma_min <= churn_sigma_max (got {churn_sigma_min}, {churn_sigma_max})")
@@ -258,7 +296,7 @@ def edm_stochastic(score_fn, sde: SDE, shape, *, steps: int = 25, order: int = 2
     def slope(y, t, sigma, mean):
         return -sigma * mean * score_fn(mean * y, t.expand(shape[0]))
 
-    y = x / means[0]
+    y, finite = x / means[0], FiniteSteps()
     for i in range(steps):
         y_hat = y
         if raised[i]:                                        # churn: raise the noise level first
@@ -269,12 +307,13 @@ def edm_stochastic(score_fn, sde: SDE, shape, *, steps: int = 25, order: int = 2
         y = y_hat + h * d
         if order == 2:
             y = y_hat + h * (d + slope(y, times[i + 1], sigmas[i + 1], means[i + 1])) / 2
+        finite.update(y)
         if callback is not None:
             callback(i, times[i + 1].item(), means[i + 1] * y)
     x, nfe = means[-1] * y, order * steps
     if denoise:
         x, nfe = tweedie_denoise(score_fn, sde, x, eps), nfe + 1
-    return SamplerResult(x, nfe)
+    return SamplerResult(check_finite_result(what, x, finite, times64[:-1]), nfe)
 
 
 @torch.no_grad()
@@ -300,13 +339,13 @@ def dpm_solver_sde(score_fn, sde: SDE, shape, *, steps: int = 50, order: int = 2
     eta > 1 is eq. (6) plus Langevin dynamics for p_t (x + e s + sqrt(2 e) z, the corrector's move)
     with e = (eta - 1) g^2 |dt| / 2: a corrector that costs no evaluation. If D is exact and
     constant the step keeps y = x_0 + sigma z exactly (mean x_0, variance sigma^2) for every eta."""
-    check_sampler_arguments(shape, steps, eps, sde)
-    if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho}")
-    if order not in (1, 2):
+    shape, steps, eps = check_sampler_arguments(shape, steps, eps, sde, score_fn=score_fn,
+                                                generator=generator, callback=callback)
+    rho = check_real("rho", rho, low=0.0, low_open=True)
+    if check_int("order", order) not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
-    if not eta >= 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    eta = check_real("eta", eta, low=0.0)
+    score_fn = checked_score_fn(score_fn)
     x, device = initial_state(sde, shape, generator, device, x_init)
     times64 = heun_time_grid(sde, steps, eps, rho)
     sigmas64, means64 = sde.scaled_std(times64), sde.mean_coeff(times64)
@@ -316,7 +355,7 @@ def dpm_solver_sde(score_fn, sde: SDE, shape, *, steps: int = 50, order: int = 2
     keep = ((sigmas64[1:] / sigmas64[:-1]) * torch.exp(-eta * h)).to(**to)
     toward = (-torch.expm1(-(1 + eta) * h)).to(**to)
     noise = (sigmas64[1:] * torch.sqrt(-torch.expm1(-2 * eta * h))).to(**to)
-    y, previous = x / means[0], None
+    y, previous, finite = x / means[0], None, FiniteSteps()
     for i in range(steps):
         denoised = y + sigmas[i] ** 2 * means[i] * score_fn(means[i] * y, times[i].expand(shape[0]))
         target = denoised
@@ -326,9 +365,10 @@ def dpm_solver_sde(score_fn, sde: SDE, shape, *, steps: int = 50, order: int = 2
         if eta > 0:
             y = y + noise[i] * normal_like(y, generator)
         previous = denoised
+        finite.update(y)
         if callback is not None:
             callback(i, times[i + 1].item(), means[i + 1] * y)
     x, nfe = means[-1] * y, steps
     if denoise:
         x, nfe = tweedie_denoise(score_fn, sde, x, eps), nfe + 1
-    return SamplerResult(x, nfe)
+    return SamplerResult(check_finite_result("dpm_solver_sde", x, finite, times64[:-1]), nfe)

@@ -26,6 +26,8 @@ import math
 
 import torch
 
+from .checks import check_finite_tensor, check_floating_tensor, check_generator, check_real
+
 __all__ = [
     "SDE", "VESDE", "GeometricVESDE", "VPSDE", "SubVPSDE", "ReverseSDE",
     "append_dims", "normal_like", "check_batch", "make_sde", "sde_from_config",
@@ -116,6 +118,8 @@ class SDE(abc.ABC):
         """Mean and std of the perturbation kernel p_0t(x_t | x_0) = N(m(t) x_0, v(t) I).
 
         Returns (mean with the shape of x0, std with the shape of t)."""
+        check_floating_tensor("x0", x0)
+        check_finite_tensor("x0", x0)
         t = torch.as_tensor(t, dtype=x0.dtype, device=x0.device)
         check_batch(x0, t)
         _check_time(t, self.T)
@@ -132,6 +136,7 @@ class SDE(abc.ABC):
     def prior_sampling(self, shape, generator: torch.Generator | None = None,
                        device=None, dtype=torch.float32) -> torch.Tensor:
         """x_T ~ N(0, prior_std^2 I)."""
+        check_generator("generator", generator)
         device = generator.device if generator is not None else device
         return torch.randn(shape, generator=generator, device=device, dtype=dtype) * self.prior_std
 
@@ -189,9 +194,11 @@ class VESDE(SDE):
     name = "ve"
 
     def __init__(self, sigma: float = 25.0):
-        if not sigma > 1:
-            raise ValueError(f"sigma must be > 1 for a variance-exploding SDE, got {sigma}")
-        self.sigma = float(sigma)
+        sigma = check_real("sigma", sigma, low=1.0, low_open=True)
+        if 2 * self.T * math.log(sigma) > 700:             # sigma^(2T) overflows a float64
+            raise ValueError(f"sigma must be below {math.exp(350 / self.T):.3g} (sigma^2 "
+                             f"overflows a float64), got {sigma:g}")
+        self.sigma = sigma
 
     def drift_coeff(self, t):
         return torch.zeros_like(t)
@@ -233,6 +240,8 @@ class GeometricVESDE(SDE):
     name = "ve-geometric"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        check_real("sigma_min", sigma_min, low=0.0, low_open=True)
+        check_real("sigma_max", sigma_max, high=1e150)             # sigma_max^2 stays a float64
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
@@ -275,6 +284,8 @@ class _BetaSchedule:
     """beta(t) = beta_min + t (beta_max - beta_min) and B(t) = int_0^t beta(s) ds."""
 
     def __init__(self, beta_min: float, beta_max: float):
+        check_real("beta_min", beta_min, low=0.0)
+        check_real("beta_max", beta_max)
         if not 0 <= beta_min < beta_max:
             raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)

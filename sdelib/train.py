@@ -30,17 +30,22 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .checks import (check_bool, check_choice, check_data, check_instance, check_int,
+                     check_positive_int, check_real, check_tensor)
 from .device import Precision, autocast, default_device
 from .losses import WEIGHTINGS, dsm_loss, importance_weight, sample_time
 from .metrics import classifier_accuracy
 from .nets import ScoreNet
-from .pretrained import (CHECKPOINT_DIR, CheckpointError, export_pretrained, load_checkpoint,
-                         make_checkpoint, save_checkpoint)
+from .pretrained import (CHECKPOINT_DIR, CheckpointError, deferred_sigint, export_pretrained,
+                         load_checkpoint, make_checkpoint, remove_stale_temporaries,
+                         require_keys, save_checkpoint, training_lock)
 from .provenance import provenance
 from .sde import SDE, make_sde, normal_like
 
-__all__ = ["TRAINING_SETTINGS", "train", "train_classifier", "learning_rate", "ema_decay_at",
-           "ema_update", "epoch_permutation", "main"]
+SCHEDULES = ("cosine", "constant")
+
+__all__ = ["TRAINING_SETTINGS", "SCHEDULES", "train", "train_classifier", "learning_rate",
+           "ema_decay_at", "ema_update", "epoch_permutation", "main"]
 
 # The settings a training run records (its checkpoint's "settings"); their defaults are written once,
 # in `train`'s signature, and the CLI is built from them.
@@ -53,6 +58,7 @@ TRAINING_SETTINGS = ("epochs", "batch_size", "lr", "warmup_steps", "schedule", "
 # ------------------------------------------------------------------------------------------------
 def learning_rate(step: int, total_steps: int, lr: float, warmup_steps: int, schedule: str) -> float:
     """Linear warm-up to lr, then constant or cosine decay to 0 at total_steps."""
+    check_choice("schedule", schedule, SCHEDULES)
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     if schedule == "constant":
@@ -106,8 +112,34 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     sets the autocast dtype and the fp16 gradient scaler, overriding `bf16`."""
     from tqdm.auto import tqdm
 
-    if batch_size < 1 or epochs < 1:
-        raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size}, {epochs}")
+    check_instance("model", model, nn.Module, "MLPScoreNet(sde)")
+    check_instance("sde", sde, SDE, "VESDE(25.0)")
+    epochs = check_positive_int("epochs", epochs)
+    batch_size = check_positive_int("batch_size", batch_size)
+    lr = check_real("lr", lr, low=0.0, low_open=True)
+    warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+    check_choice("schedule", schedule, SCHEDULES)
+    ema_decay = check_real("ema_decay", ema_decay, low=0.0, high=1.0, high_open=True)
+    grad_clip = check_real("grad_clip", grad_clip, low=0.0)
+    eps = check_real("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True)
+    check_choice("weighting", weighting, WEIGHTINGS)
+    for name, flag in (("importance_sampling", importance_sampling), ("dequantize", dequantize),
+                       ("bf16", bf16), ("channels_last", channels_last), ("compile", compile)):
+        check_bool(name, flag)
+    if importance_sampling and weighting != "likelihood":
+        raise ValueError("importance_sampling draws t for the 'likelihood' weighting; "
+                         f"got weighting={weighting!r}")
+    seed = check_int("seed", seed, minimum=0)
+    checkpoint_every = check_real("checkpoint_every", checkpoint_every, low=0.0, low_open=True,
+                                  finite=False)
+    if time_budget is not None:
+        time_budget = check_real("time_budget", time_budget, low=0.0, low_open=True)
+    if max_steps is not None:
+        max_steps = check_positive_int("max_steps", max_steps)
+    check_tensor("images", images)
+    if not torch.is_floating_point(images):
+        raise TypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+    check_data("images", images)                         # once: NaN in the data, not per step
     rank, world = _distributed()
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} must be divisible by the {world} processes")
@@ -120,7 +152,20 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     arguments = locals()
     settings = {name: arguments[name] for name in TRAINING_SETTINGS}
     settings.update(world_size=world, dataset_size=n)
+    if checkpoint is None or rank != 0:
+        return _train(**locals())
+    # One training per output: the lock dies with its process, so a resume after a crash is never
+    # blocked; holding it, the temporary files of a killed save are ours to remove.
+    with training_lock(checkpoint):
+        remove_stale_temporaries(checkpoint)
+        return _train(**locals())
 
+
+def _train(*, model, sde, images, epochs, batch_size, lr, warmup_steps, schedule, ema_decay,
+           grad_clip, eps, weighting, importance_sampling, dequantize, seed, device, checkpoint,
+           checkpoint_every, time_budget, max_steps, bf16, channels_last, compile, progress,
+           rank, world, n, steps_per_epoch, total_steps, settings, tqdm, **_) -> dict:
+    """The loop of `train`, its arguments checked."""
     model = model.to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
@@ -132,23 +177,28 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
 
     if checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, map_location=device)
+        require_keys(state, ("net", "sde", "model", "ema", "optimizer", "generator", "step",
+                             "history", "settings"), checkpoint)
         _check_compatible(state, model, sde)
         if state["settings"]["batch_size"] != batch_size or state["settings"]["epochs"] != epochs:
             raise CheckpointError(f"{checkpoint} was trained with batch_size "
                                   f"{state['settings']['batch_size']} and {state['settings']['epochs']} "
                                   f"epochs; resume with the same settings or use a new --out")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        noise_gen.set_state(state["generator"].cpu())
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            noise_gen.set_state(state["generator"].cpu())
+        except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            detail = "; ".join(line.strip() for line in str(exc).splitlines()[:3])
+            raise CheckpointError(f"{checkpoint} does not fit this model ({detail[:300]}); "
+                                  "resume with the same net or use a new --out") from None
         step, history = state["step"], state["history"]
         epoch_loss, epoch_count = state.get("epoch_progress", (0.0, 0))
     else:
         epoch_loss, epoch_count = 0.0, 0
     gen_state = noise_gen.get_state()  # the state at the start of the next step (what a save stores)
 
-    if not torch.is_floating_point(images):
-        raise TypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
     data = images.to(device=device, dtype=next(model.parameters()).dtype)
     step_model = model
     if world > 1:
@@ -202,7 +252,7 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
                 with autocast(device, chosen):
                     loss = dsm_loss(step_model, sde, x0, t=t[shard], z=z[shard].to(x0.dtype),
                                     weighting=weighting, importance_sampling=importance_sampling,
-                                    eps=eps)
+                                    eps=eps, check_finite=False)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss / loss_scale).backward()
             except torch.cuda.OutOfMemoryError as exc:
@@ -213,21 +263,27 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
             if grad_clip:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            ema_update(ema, model, ema_decay_at(step, ema_decay))
-            step += 1
-            gen_state = noise_gen.get_state()
-            epoch_loss += loss.item() * local
-            epoch_count += local
+            # The update and its bookkeeping as one unit: a Ctrl-C lands before or after it, so
+            # the state the Ctrl-C path saves is always that of a whole number of steps.
+            with deferred_sigint():
+                scaler.step(optimizer)
+                scaler.update()
+                ema_update(ema, model, ema_decay_at(step, ema_decay))
+                step += 1
+                gen_state = noise_gen.get_state()
+                epoch_loss += loss.item() * local
+                epoch_count += local
+                epoch_done = step % steps_per_epoch == 0
+                if epoch_done:
+                    seconds = time.monotonic() - epoch_start
+                    history.append({"epoch": epoch, "loss": epoch_loss / epoch_count,
+                                    "seconds": seconds,
+                                    "images_per_s": epoch_count * world / seconds})
+                    epoch_loss, epoch_count, epoch_start = 0.0, 0, time.monotonic()
             bar.update(1)
-            if step % 20 == 0:
+            if step % 20 == 0 and epoch_count:
                 bar.set_postfix(loss=f"{epoch_loss / epoch_count:.2f}", epoch=epoch)
-            if step % steps_per_epoch == 0:
-                seconds = time.monotonic() - epoch_start
-                history.append({"epoch": epoch, "loss": epoch_loss / epoch_count, "seconds": seconds,
-                                "images_per_s": epoch_count * world / seconds})
-                epoch_loss, epoch_count, epoch_start = 0.0, 0, time.monotonic()
+            if epoch_done:
                 save()
                 last_save = time.monotonic()
             elif time.monotonic() - last_save > checkpoint_every:
@@ -259,6 +315,21 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     borders are black)."""
     from tqdm.auto import tqdm
 
+    check_instance("model", model, nn.Module, "MNISTClassifier()")
+    epochs = check_positive_int("epochs", epochs)
+    batch_size = check_positive_int("batch_size", batch_size)
+    lr = check_real("lr", lr, low=0.0, low_open=True)
+    seed, shift = check_int("seed", seed, minimum=0), check_int("shift", shift, minimum=0)
+    if sde is not None:
+        check_instance("sde", sde, SDE, "VESDE(25.0)")
+        eps = check_real("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True)
+    check_tensor("images", images)
+    if not torch.is_floating_point(images):
+        raise TypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+    check_data("images", images)
+    check_tensor("labels", labels)
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     device = torch.device(device) if device is not None else default_device()
     n = images.shape[0]
     if labels.shape != (n,):
@@ -349,7 +420,7 @@ _HELP = {
 }
 
 
-_CHOICES = {"schedule": ("cosine", "constant"), "weighting": WEIGHTINGS}
+_CHOICES = {"schedule": SCHEDULES, "weighting": WEIGHTINGS}
 
 
 def _add_setting_arguments(parser: argparse.ArgumentParser) -> None:
