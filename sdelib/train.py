@@ -126,6 +126,8 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     for name, flag in (("importance_sampling", importance_sampling), ("dequantize", dequantize),
                        ("bf16", bf16), ("channels_last", channels_last), ("compile", compile)):
         check_bool(name, flag)
+    if precision is not None:
+        check_instance("precision", precision, Precision, "sdelib.precision(device)")
     if importance_sampling and weighting != "likelihood":
         raise ValueError("importance_sampling draws t for the 'likelihood' weighting; "
                          f"got weighting={weighting!r}")
@@ -163,8 +165,8 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
 
 def _train(*, model, sde, images, epochs, batch_size, lr, warmup_steps, schedule, ema_decay,
            grad_clip, eps, weighting, importance_sampling, dequantize, seed, device, checkpoint,
-           checkpoint_every, time_budget, max_steps, bf16, channels_last, compile, progress,
-           rank, world, n, steps_per_epoch, total_steps, settings, tqdm, **_) -> dict:
+           checkpoint_every, time_budget, max_steps, bf16, channels_last, compile, precision,
+           progress, rank, world, n, steps_per_epoch, total_steps, settings, tqdm, **_) -> dict:
     """The loop of `train`, its arguments checked."""
     model = model.to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
