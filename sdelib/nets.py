@@ -27,8 +27,13 @@ __all__ = ["NOISE_INPUTS", "ScoreNet", "MLPScoreNet", "MNISTClassifier",
 
 def check_positive_time(net: str, t: torch.Tensor) -> None:
     """A score net divides by std(t), which is 0 at t = 0: refuse t <= 0 (and NaN) instead of
-    returning inf. Skipped while torch.compile traces (the check would break the graph)."""
+    returning inf. On the CPU a plain check; on a GPU an asynchronous device assertion, so the
+    forward pass never waits for the device (a failed one surfaces at the next synchronisation).
+    Skipped while torch.compile traces (the check would break the graph)."""
     if torch.compiler.is_compiling() or not t.numel():
+        return
+    if t.device.type != "cpu":
+        torch._assert_async((t > 0).all(), f"{net}: t must be > 0 (std(t) = 0 at t = 0)")
         return
     if not bool((t > 0).all()):
         raise ValueError(f"{net}: t must be > 0 (std(t) = 0 at t = 0, where the score is "
