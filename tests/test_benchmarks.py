@@ -194,3 +194,38 @@ def test_tolerance_check_pairs_the_two_paths_and_keeps_the_other_figures(tmp_pat
     assert {c[1] for c in calls} == {1e-5, 1e-3} and check["n"] == 40
     assert check["mean_difference"] == pytest.approx(-0.004, rel=1e-6) and check["accepted"]
     assert check["fast"]["nfe_per_batch"] == [20] and check["scipy"]["nfe_per_batch"] == [100, 100]
+
+
+MODEL_SCORES_SPEC = importlib.util.spec_from_file_location(
+    "model_scores", Path(__file__).parents[1] / "benchmarks" / "model_scores.py")
+model_scores = importlib.util.module_from_spec(MODEL_SCORES_SPEC)
+MODEL_SCORES_SPEC.loader.exec_module(model_scores)
+
+
+def test_model_scores_replace_one_models_entry_and_keep_the_others(tmp_path):
+    path = tmp_path / "models.json"
+    model_scores.merge(path, "mnist-ve", {"likelihood": {"bpd_mean": 4.0}})
+    model_scores.merge(path, "mnist-ve-is", {"likelihood": {"bpd_mean": 3.0}})
+    model_scores.merge(path, "mnist-ve", {"likelihood": {"bpd_mean": 3.9}})
+    assert json.loads(path.read_text()) == {"mnist-ve": {"likelihood": {"bpd_mean": 3.9}},
+                                            "mnist-ve-is": {"likelihood": {"bpd_mean": 3.0}}}
+
+
+def test_model_bpd_entry_logs_every_image_with_its_seed():
+    """The logged per-image values are those dataset_bpd gives again with the logged seed."""
+    import torch
+    from sdelib.likelihood import dataset_bpd, dequantize, make_probe
+    from sdelib.nets import ScoreNet
+    from sdelib.sde import VESDE
+    torch.manual_seed(0)
+    sde = VESDE(25.0)
+    net = ScoreNet(sde, channels=(32, 32, 32, 32), embed_dim=16).eval().requires_grad_(False)
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1)).round()
+    entry = model_scores.bpd_entry(net, sde, images, seed=7, tolerance=1e-2, batch=2,
+                                   device=torch.device("cpu"))
+    assert entry["n"] == 3 and len(entry["bpd"]) == 3 and entry["seed"] == 7
+    generator = torch.Generator().manual_seed(7)
+    x = dequantize(images, generator)
+    again = dataset_bpd(net, sde, x, make_probe(x, "gaussian", generator), batch_size=2,
+                        solver="torchdiffeq", eps=1e-5, rtol=1e-2, atol=1e-2, progress=False)
+    assert entry["bpd"] == [round(v, 6) for v in again.bpd.tolist()]
