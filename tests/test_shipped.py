@@ -90,3 +90,40 @@ def test_shipped_classifier_is_accurate_and_its_frechet_distance_orders_image_qu
     balance = class_balance(classifier, images)
     true_balance = torch.bincount(labels, minlength=10).double() / len(labels)
     assert (balance - true_balance).abs().max() < 0.005
+
+
+def _measured_models():
+    """The shipped score models with an entry in sdelib/results/models.json."""
+    from sdelib.provenance import RESULTS_DIR
+    path = RESULTS_DIR / "models.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@pytest.mark.parametrize("name", sorted(_measured_models()))
+def test_logged_bits_per_dim_are_recomputed_with_the_logged_seed(name, test_images):
+    """The logged check images' bits/dim, recomputed from the logged seed and tolerance (the
+    dequantisation and probes of all n images are drawn first, as the benchmark did)."""
+    from sdelib.likelihood import dataset_bpd, dequantize, make_probe
+    entry = _measured_models()[name]
+    log = json.loads((CHECKPOINT_DIR / f"{name}.json").read_text())
+    assert entry["sha256"] == log["sha256"] == sha256_of(CHECKPOINT_DIR / f"{name}.pt")
+    likelihood = entry["likelihood"]
+    model, sde = load_pretrained(name)
+    model.requires_grad_(False)
+    tolerance = dict(eps=1e-5, rtol=likelihood["tolerance"], atol=likelihood["tolerance"])
+    logged = torch.tensor(likelihood["check_bpd"], dtype=torch.float64)
+    k = len(logged)
+
+    def bpd_with_seed(seed):
+        generator = torch.Generator().manual_seed(seed)
+        x = dequantize(test_images[0][:likelihood["n"]], generator)
+        probe = make_probe(x, "gaussian", generator)
+        return dataset_bpd(model, sde, x[:k], probe[:k], batch_size=k, solver="torchdiffeq",
+                           progress=False, **tolerance).bpd.double()
+
+    # the same images, noise, probes, batch and solver: equal up to float32 round-off (1e-3 leaves
+    # room for another CPU's kernels; the probe noise between seeds is ~0.05 bits/dim per image)
+    assert (bpd_with_seed(likelihood["seed"]) - logged).abs().max() < 1e-3
+    assert (bpd_with_seed(likelihood["seed"] + 1) - logged).abs().max() > 1e-3   # another seed
+    estimate = mean_and_standard_error(torch.tensor(likelihood["bpd"], dtype=torch.float64))
+    assert estimate.mean == pytest.approx(likelihood["bpd_mean"], rel=1e-6)
