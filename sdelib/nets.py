@@ -9,7 +9,7 @@ can rebuild its own model (`net_from_config`).
 
 Two classifiers are not score nets: `MNISTClassifier`, a small CNN whose penultimate features
 measure sample quality (`metrics`), and `NoiseConditionalClassifier`, which classifies noisy x_t
-(given t and its SDE) for classifier guidance (`samplers.classifier_guided_score`).
+(given t and its SDE) for classifier guidance (`controllable.classifier_guided_score`).
 """
 from __future__ import annotations
 
