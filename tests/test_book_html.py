@@ -233,3 +233,69 @@ def test_every_static_slider_moves_its_image_and_label(browser, server, html_dir
         assert errors == [], f"{path.name} raised {errors}"
         page.close()
     assert n_sliders > 0, "no chapter of the built book has a static slider"
+
+
+# --- the book reads as a book: folded checks, layout ---------------------------------------------
+MAX_VISIBLE_CODE_LINES = 150    # per chapter: the teaching code; checks and boilerplate are folded
+SCREENSHOTS = ROOT / "_build" / "screenshots"   # full-page screenshots at 1200 px, one per chapter
+LAYOUT_WIDTH = 1200
+
+
+def _code_lines(html: str) -> tuple[int, int]:
+    """(visible, folded) non-blank lines of the code-cell inputs of a built chapter page. An input
+    is folded when its cell carries a hide-input/hide-cell tag or sits inside a <details>."""
+    from bs4 import BeautifulSoup
+    visible = folded = 0
+    for cell in BeautifulSoup(html, "html.parser").select("div.cell"):
+        cell_input = cell.select_one("div.cell_input")
+        if cell_input is None:
+            continue
+        n = sum(1 for line in cell_input.get_text().splitlines() if line.strip())
+        hidden = any(tag in cell.get("class", []) for tag in ("tag_hide-input", "tag_hide-cell"))
+        if hidden or cell_input.find_parent("details") is not None:
+            folded += n
+        else:
+            visible += n
+    return visible, folded
+
+
+def test_every_chapter_shows_at_most_150_lines_of_code(chapter_pages):
+    counts = {page.stem: _code_lines(page.read_text()) for page in chapter_pages}
+    print("\nchapter          visible  folded")
+    for name, (visible, folded) in counts.items():
+        print(f"{name:16s} {visible:7d} {folded:7d}")
+    too_many = {name: v for name, (v, _) in counts.items() if v > MAX_VISIBLE_CODE_LINES}
+    assert not too_many, f"chapters with more than {MAX_VISIBLE_CODE_LINES} visible code lines"
+    assert all(v > 0 for v, _ in counts.values()), "a chapter shows no code at all"
+    assert all(f > 0 for _, f in counts.values()), "a chapter folds no code"
+
+
+def test_layout_at_1200px_no_maths_in_headings_no_sideways_code(browser, server, html_dir,
+                                                                  chapter_pages):
+    """At 1200 px: no heading (h1-h4) of the article holds maths, no visible code block scrolls
+    sideways; a full-page screenshot of every chapter goes to _build/screenshots/."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    problems = []
+    for path in chapter_pages:
+        page, errors, _ = _open(browser, f"{server}/{path.relative_to(html_dir).as_posix()}")
+        page.set_viewport_size({"width": LAYOUT_WIDTH, "height": 900})
+        if 'class="math' in path.read_text():
+            page.wait_for_selector("mjx-container", state="attached", timeout=30_000)
+        page.wait_for_load_state("networkidle")
+        maths = page.eval_on_selector_all(
+            "article h1, article h2, article h3, article h4",
+            "els => els.filter(h => h.querySelector('mjx-container, .math'))"
+            ".map(h => h.textContent.trim())")
+        problems += [f"{path.name}: maths in heading {text!r}" for text in maths]
+        wide = page.eval_on_selector_all(
+            "div.highlight pre",
+            "els => els.filter(p => p.clientWidth > 0 && p.scrollWidth > p.clientWidth + 1)"
+            ".map(p => [p.scrollWidth, p.clientWidth, p.textContent.split('\\n')"
+            ".reduce((a, b) => a.length >= b.length ? a : b).slice(0, 80)])")
+        problems += [f"{path.name}: code block {s} > {c} px wide: {line!r}"
+                     for s, c, line in wide]
+        page.screenshot(path=str(SCREENSHOTS / f"{path.stem}.png"), full_page=True)
+        assert errors == [], f"{path.name} raised {errors}"
+        page.close()
+    print("\n".join(problems))
+    assert not problems, f"{len(problems)} layout problems:\n" + "\n".join(problems[:40])
