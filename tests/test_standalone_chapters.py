@@ -6,6 +6,7 @@ opens; the test fails if one lies inside the repository checkout: what a chapter
 results, pictures, models) must come with the installed package."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,8 +43,14 @@ def installed(tmp_path_factory):
     """sdelib from a wheel of this checkout, installed into a folder of its own (no dependencies:
     they are those of this environment, as Colab has its own torch)."""
     folder = tmp_path_factory.mktemp("wheel")
+    source = folder / "source"            # a copy: building leaves build/ beside the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "sdelib", source / "sdelib",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(folder / "dist"), str(ROOT)], check=True)
+                    "-q", "-w", str(folder / "dist"), str(source)], check=True)
     wheel = next((folder / "dist").glob("sdelib-*.whl"))
     site = folder / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
