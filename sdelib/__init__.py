@@ -7,6 +7,7 @@
     samplers.py     Euler–Maruyama, predictor–corrector, probability-flow ODE, few-step solvers
     controllable.py inpainting and classifier guidance
     likelihood.py   log-likelihood by the probability-flow ODE, bits/dim
+    latents.py      encode / decode with the probability-flow ODE, slerp, DDIM
     data.py         MNIST (fetched by the library), Gaussian mixtures with exact scores
     train.py        training loops and the training CLI
     pretrained.py   checkpoints and the models shipped inside the package
