@@ -8,9 +8,9 @@ For x = y + sigma n, y of variance sigma_data^2, n ~ N(0, 1) independent of y:
   (iii) c_skip minimises c_out under (ii)    (least amplification of F's errors).
 
 Tolerances: each coefficient is a handful of float64 operations (each rounding
-<= 1.1e-16 relative), so the identities hold to 1e-13 over sigma in [1e-3, 1e3]. The grid search of
-(iii) has spacing 1e-5 in c_skip; c_out^2 is quadratic in c_skip with curvature
-2 (sigma^2 + sigma_data^2), so the grid's minimum lies within
+<= 1.1e-16 relative), so the identities hold to 1e-13 over sigma in [1e-3, 1e3].
+The grid search of (iii) has spacing 1e-5 in c_skip; c_out^2 is quadratic in c_skip
+with curvature 2 (sigma^2 + sigma_data^2), so the grid's minimum lies within
 (1e-5)^2 (sigma^2 + sigma_data^2) of the true one.
 """
 import math
@@ -87,7 +87,7 @@ def test_c_skip_minimises_c_out_under_the_unit_target(sigma):
 
 def test_vp_mean_coefficient_is_c_in_for_unit_variance_data():
     """x_t = m (y + sigma~ n) with m = e^(-B/2) = 1 / sqrt(1 + sigma~^2): the VP SDE
-    applies EDM's c_in for sigma_data = 1 itself (Karras et al. 2022, eq. 4 and Table 1)."""
+    applies EDM's c_in for sigma_data = 1 itself (Karras et al. 2022, Table 1)."""
     sde = VPSDE()
     t = torch.linspace(1e-3, 1.0, 50, dtype=F64)
     sigma = sde.scaled_std(t)
