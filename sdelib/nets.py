@@ -18,11 +18,12 @@ import math
 import torch
 from torch import nn
 
+from .checks import check_real
 from .sde import SDE, check_batch, append_dims, sde_from_config
 
 __all__ = ["NOISE_INPUTS", "ScoreNet", "MLPScoreNet", "MNISTClassifier",
            "NoiseConditionalClassifier", "GaussianFourierProjection", "noise_condition",
-           "net_from_config", "count_parameters"]
+           "net_from_config", "count_parameters", "edm_preconditioning"]
 
 
 def check_positive_time(net: str, t: torch.Tensor) -> None:
@@ -80,6 +81,39 @@ def noise_condition(sde: SDE, t: torch.Tensor, noise_input: str, noise_eps: floa
     ends = sde.scaled_std(torch.tensor([noise_eps, sde.T], dtype=torch.float64)).log()
     log_sigma = sde.scaled_std(t).log()
     return (log_sigma - float(ends[0])) / float(ends[1] - ends[0])
+
+
+def edm_preconditioning(sigma, sigma_data: float = 0.5):
+    """EDM's preconditioning (Karras et al. 2022, eq. 7, Table 1, Appendix B.6) of
+    the denoiser D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) of x = y + sigma n:
+
+        c_skip  = sigma_data^2 / (sigma^2 + sigma_data^2),
+        c_out   = sigma sigma_data / sqrt(sigma^2 + sigma_data^2),
+        c_in    = 1 / sqrt(sigma^2 + sigma_data^2),
+        c_noise = ln(sigma) / 4.
+
+    For data of variance sigma_data^2, c_in gives F a unit-variance input, and c_skip,
+    c_out give its training target (y - c_skip x) / c_out unit variance at every sigma,
+    with the smallest c_out that allows. (The tutorial's ScoreNet is c_skip = 1,
+    c_out = sigma, c_in = 1 in these terms: D = x + sigma^2 s with s = F / sigma.)
+
+    sigma: a positive number or floating tensor, the noise level sigma~ = std / m of
+    `SDE.scaled_std`. Returns (c_skip, c_out, c_in, c_noise), tensors of sigma's shape
+    (float64 for a number)."""
+    sigma_data = check_real("sigma_data", sigma_data, low=0.0, low_open=True)
+    if not torch.is_tensor(sigma):
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+            raise TypeError(f"sigma must be a positive number or a floating tensor, "
+                            f"got {type(sigma).__name__}")
+        sigma = torch.tensor(float(sigma), dtype=torch.float64)
+    if not sigma.is_floating_point():
+        raise TypeError(f"sigma must be a floating tensor, got dtype {sigma.dtype}")
+    if sigma.numel() and not bool(((sigma > 0) & torch.isfinite(sigma)).all()):
+        raise ValueError(f"sigma must be positive and finite, got values in "
+                         f"[{sigma.min().item():.3g}, {sigma.max().item():.3g}]")
+    total = sigma ** 2 + sigma_data ** 2
+    return (sigma_data ** 2 / total, sigma * sigma_data / total.sqrt(), total.rsqrt(),
+            sigma.log() / 4)
 
 
 class ScoreNet(nn.Module):
