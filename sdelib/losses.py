@@ -1,4 +1,5 @@
-"""Denoising score matching (Vincent 2011; Song et al. 2021, eq. (7)).
+"""Score matching: denoising (Vincent 2011; Song et al. 2021, eq. (7)), implicit (Hyvärinen 2005)
+and sliced (Song, Garg, Shi & Ermon 2019).
 
 For t ~ U(eps, T), x_0 ~ data, z ~ N(0, I) and x_t = m(t) x_0 + std(t) z, the score of the
 perturbation kernel is grad log p_0t(x_t | x_0) = -z / std(t), so the weighted objective
@@ -18,6 +19,12 @@ and mapped back with the SDE's closed-form `time_of_scaled_std`. The likelihood-
 (g^2 / v) |s std + z|^2 divided by that density is Z |s std + z|^2, Z = ln(sigma~^2(T) / sigma~^2(eps))
 (about 16.1 for the tutorial's VE, sigma = 25, eps = 1e-5): the same per-sample loss as 'std2',
 times a constant, but with most draws at the small noise levels where the likelihood is decided.
+
+Implicit and sliced score matching fit a score s(x) to samples x ~ p with no noise and no known
+target: both equal the Fisher divergence 1/2 E|s - grad log p|^2 up to a constant that does not
+depend on s (integration by parts). `implicit_score_matching_loss` computes the trace of the
+Jacobian exactly (D backward passes); `sliced_score_matching_loss` estimates it with random
+projections v, E[v v^T] = I (one backward pass per projection).
 """
 from __future__ import annotations
 
@@ -25,15 +32,18 @@ import math
 
 import torch
 
-from .checks import (check_batch_nonempty, check_choice, check_finite_tensor,
-                     check_floating_tensor, check_generator, check_instance, check_positive_int,
-                     check_real, check_score_output, check_tensor)
+from .checks import (check_batch_nonempty, check_bool, check_callable, check_choice,
+                     check_data, check_finite_tensor, check_floating_tensor, check_generator,
+                     check_instance, check_positive_int, check_real, check_score_output,
+                     check_tensor)
 from .sde import SDE, append_dims, normal_like
 
-__all__ = ["WEIGHTINGS", "dsm_loss", "sample_time", "importance_weight",
-           "log_scaled_variance_range"]
+__all__ = ["WEIGHTINGS", "PROJECTIONS", "dsm_loss", "sample_time", "importance_weight",
+           "log_scaled_variance_range", "implicit_score_matching_loss",
+           "sliced_score_matching_loss"]
 
 WEIGHTINGS = ("std2", "likelihood")
+PROJECTIONS = ("gaussian", "rademacher")
 
 
 def log_scaled_variance_range(sde: SDE, eps: float) -> float:
@@ -112,3 +122,98 @@ def dsm_loss(score_fn, sde: SDE, x0: torch.Tensor, *, eps: float = 1e-5, weighti
         raise FloatingPointError("dsm_loss: the loss is NaN or infinite although x0 is finite: "
                                  "score_fn returned non-finite values")
     return loss
+
+
+def _score_with_input(score_fn, x, t):
+    """x as a leaf that requires grad, and s(x) (score_fn(x), or score_fn(x, t) if t is given),
+    computed with gradients on; `keep` says whether the caller wants a graph (grad mode on)."""
+    check_callable("score_fn", score_fn)
+    check_data("x", x)
+    if x.ndim != 2:
+        raise ValueError(f"x must be a batch of vectors (batch, D), got shape {tuple(x.shape)}; "
+                         "flatten images first")
+    if t is not None:
+        check_tensor("t", t)
+    keep = torch.is_grad_enabled()
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        score = score_fn(x) if t is None else score_fn(x, t)
+        check_score_output(score, x, finite=False)
+    return x, score, keep
+
+
+def _finish(name, per_sample, reduce):
+    if not bool(torch.isfinite(per_sample).all()):
+        raise FloatingPointError(f"{name}: the loss is NaN or infinite although x is finite: "
+                                 "score_fn returned non-finite values or derivatives")
+    return per_sample.mean() if reduce else per_sample
+
+
+def implicit_score_matching_loss(score_fn, x: torch.Tensor, *, t: torch.Tensor | None = None,
+                                 reduce: bool = True) -> torch.Tensor:
+    """Implicit score matching (Hyvärinen 2005, Theorem 1, eq. 4) of a score s on samples x ~ p:
+
+        J(s) = E_x[ tr(grad_x s(x)) + 1/2 |s(x)|^2 ] = 1/2 E|s - grad log p|^2 - 1/2 E|grad log p|^2,
+
+    so it is minimised by the true score without knowing it. The trace is exact: one backward
+    pass per data dimension D (the diagonal entries d s_i / d x_i), each keeping the graph so
+    that the loss can be differentiated in the score's parameters. For Gaussian data N(mu, S)
+    and the exact score, J = -tr(S^-1) + 1/2 tr(S^-1) = -1/2 tr(S^-1).
+
+    x: (batch, D). score_fn(x) -> (batch, D), or score_fn(x, t) if `t` is given (a net at one
+    noise level). Returns the batch mean, or per-sample values (batch,) if reduce=False."""
+    check_bool("reduce", reduce)
+    x, score, keep = _score_with_input(score_fn, x, t)
+    trace = torch.zeros(x.shape[0], dtype=score.dtype, device=score.device)
+    with torch.enable_grad():
+        for i in range(x.shape[1]):
+            grad = torch.autograd.grad(score[:, i].sum(), x, create_graph=keep,
+                                       retain_graph=True)[0]
+            trace = trace + grad[:, i]
+    per_sample = trace + 0.5 * score.pow(2).sum(dim=1)
+    return _finish("implicit_score_matching_loss", per_sample, reduce)
+
+
+def sliced_score_matching_loss(score_fn, x: torch.Tensor, *, t: torch.Tensor | None = None,
+                               n_projections: int = 1, projection: str = "rademacher",
+                               variance_reduction: bool = False, v: torch.Tensor | None = None,
+                               generator: torch.Generator | None = None,
+                               reduce: bool = True) -> torch.Tensor:
+    """Sliced score matching (Song, Garg, Shi & Ermon 2019, Sec. 3, the objective J(theta; p_v))
+    of a score s on samples x ~ p, with random projections v, E[v v^T] = I:
+
+        J(s) = E_x E_v[ v^T grad_x s(x) v + 1/2 (v^T s(x))^2 ],
+
+    whose expectation over v is implicit score matching's (E[v^T A v] = tr A, E[(v^T s)^2] = |s|^2).
+    v^T (grad s) v = v . grad_x (v . s) costs one backward pass per projection, whatever D.
+    `variance_reduction` uses 1/2 |s|^2 in place of 1/2 (v^T s)^2 (their SSM-VR: its
+    expectation over v, computed exactly). `projection` draws v ('rademacher': entries +-1,
+    'gaussian': N(0, I)) with `generator`, `n_projections` per sample (averaged), unless `v`
+    (n_projections, batch, D) is given. x, score_fn, t and reduce as for
+    `implicit_score_matching_loss`."""
+    check_bool("reduce", reduce)
+    check_bool("variance_reduction", variance_reduction)
+    n_projections = check_positive_int("n_projections", n_projections)
+    check_choice("projection", projection, PROJECTIONS)
+    check_generator("generator", generator)
+    x, score, keep = _score_with_input(score_fn, x, t)
+    if v is None:
+        size = (n_projections,) + tuple(x.shape)
+        v = torch.randn(size, generator=generator, dtype=x.dtype, device=x.device)
+        if projection == "rademacher":
+            v = torch.sign(v)
+    else:
+        check_floating_tensor("v", v)
+        if tuple(v.shape) != (n_projections,) + tuple(x.shape):
+            raise ValueError(f"v must have shape (n_projections, batch, D) = "
+                             f"{(n_projections,) + tuple(x.shape)}, got {tuple(v.shape)}")
+    per_sample = torch.zeros(x.shape[0], dtype=score.dtype, device=score.device)
+    with torch.enable_grad():
+        for v_k in v:
+            projected = (v_k * score).sum(dim=1)                           # v . s(x)
+            grad = torch.autograd.grad(projected.sum(), x, create_graph=keep,
+                                       retain_graph=True)[0]
+            quadratic = 0.5 * (score.pow(2).sum(dim=1) if variance_reduction
+                               else projected.pow(2))
+            per_sample = per_sample + (grad * v_k).sum(dim=1) + quadratic
+    return _finish("sliced_score_matching_loss", per_sample / len(v), reduce)

@@ -22,7 +22,9 @@ the device); and a few-step deterministic solver of the same ODE, Heun's 2nd-ord
 time grid of Karras et al. (2022, "EDM", Alg. 1 and eq. 5), `heun_ode`; EDM's stochastic sampler
 on the same grid (Alg. 2: fresh noise before each Heun or Euler step), `edm_stochastic`; and
 SDE-DPM-Solver++ (Lu et al. 2022; exact steps of the reverse SDE for a fixed denoiser, second order
-by reusing the previous evaluation), `dpm_solver_sde`.
+by reusing the previous evaluation), `dpm_solver_sde`. Before the SDE view: NCSN's annealed
+Langevin dynamics (Song & Ermon 2019, Alg. 1), `annealed_langevin`, which takes a list of noise
+levels instead of `steps` and `eps`.
 
 Controllable generation (inpainting, guidance) lives in `controllable.py`.
 """
@@ -41,7 +43,8 @@ from .sde import SDE, append_dims, normal_like
 
 __all__ = ["SamplerResult", "ODEConvergenceError", "euler_maruyama", "langevin_corrector_step",
            "predictor_corrector", "probability_flow_ode", "heun_time_grid", "heun_ode",
-           "edm_stochastic", "dpm_solver_sde", "tweedie_denoise", "PREDICTORS"]
+           "edm_stochastic", "dpm_solver_sde", "annealed_langevin", "tweedie_denoise",
+           "PREDICTORS"]
 
 
 class SamplerResult(NamedTuple):
@@ -372,3 +375,81 @@ def dpm_solver_sde(score_fn, sde: SDE, shape, *, steps: int = 50, order: int = 2
     if denoise:
         x, nfe = tweedie_denoise(score_fn, sde, x, eps), nfe + 1
     return SamplerResult(check_finite_result("dpm_solver_sde", x, finite, times64[:-1]), nfe)
+
+
+def check_noise_levels(name: str, sigmas) -> torch.Tensor:
+    """A non-empty, strictly decreasing list of positive, finite noise levels (float64)."""
+    if isinstance(sigmas, (str, bytes)) or not hasattr(sigmas, "__len__"):
+        raise TypeError(f"{name} must be a sequence of noise levels sigma_1 > ... > sigma_L > 0, "
+                        f"got {type(sigmas).__name__}")
+    values = [check_real(f"every entry of {name}", s, low=0.0, low_open=True)
+              for s in (sigmas.tolist() if torch.is_tensor(sigmas) else list(sigmas))]
+    if not values:
+        raise ValueError(f"{name} must hold at least one noise level, got none")
+    if any(a <= b for a, b in zip(values, values[1:])):
+        raise ValueError(f"{name} must be strictly decreasing (sigma_1 > ... > sigma_L, "
+                         f"largest noise first), got {values}")
+    return torch.tensor(values, dtype=torch.float64)
+
+
+@torch.no_grad()
+def annealed_langevin(score_fn, sde: SDE | None, shape, *, sigmas, steps_per_level: int = 100,
+                      step_size: float = 2e-5, generator=None, callback: Callable | None = None,
+                      x_init=None, device=None) -> SamplerResult:
+    """NCSN's annealed Langevin dynamics (Song & Ermon 2019, Alg. 1). For each noise level
+    sigma_i of `sigmas` (sigma_1 > ... > sigma_L), with alpha_i = step_size sigma_i^2 / sigma_L^2,
+    `steps_per_level` Langevin steps on the data perturbed at that level:
+
+        x <- x + alpha_i / 2 s(x, sigma_i) + sqrt(alpha_i) z,    z ~ N(0, I),
+
+    each level starting where the previous one ended. (In the chapter's form x + d s + sqrt(2 d) z
+    the step is d = alpha_i / 2.) The step grows with sigma_i^2 so that the signal-to-noise ratio
+    |alpha_i s / 2| / |sqrt(alpha_i) z| of a step, with |s| ~ 1 / sigma_i, is the same at every
+    level (paper, Sec. 4.3).
+
+    The score is conditioned on the noise level through the SDE: sigma_i is sigma~ = std / m
+    (`SDE.scaled_std`; for a VE SDE the noise std itself), so score_fn(x, t_i) is called at
+    t_i = sde.time_of_scaled_std(sigma_i), which must lie in (0, T]. With sde=None, score_fn is a
+    noise-conditional score of (x, sigma) and is called at the noise level itself. The default
+    start x_init is N(0, sigma_1^2 I) (broad, as the paper's uniform noise). Returns the last x (no
+    final denoising step); nfe = L * steps_per_level; callback(k, t_i or sigma_i, x) after each
+    step k."""
+    if sde is not None:
+        check_instance("sde", sde, SDE, "VESDE(25.0)")
+    check_callable("score_fn", score_fn)
+    shape = check_shape("shape", shape)
+    sigmas = check_noise_levels("sigmas", sigmas)
+    steps_per_level = check_positive_int("steps_per_level", steps_per_level)
+    step_size = check_real("step_size", step_size, low=0.0, low_open=True)
+    check_generator("generator", generator)
+    check_callable("callback", callback, optional=True)
+    if sde is None:
+        levels = sigmas
+    else:
+        levels = sde.time_of_scaled_std(sigmas)
+        top = float(sde.scaled_std(torch.tensor([sde.T], dtype=torch.float64)))
+        if not bool(torch.isfinite(levels).all()) or float(levels.max()) > sde.T:
+            raise ValueError(f"sigmas must lie within the SDE's noise levels (0, {top:.4g}] "
+                             f"(sigma~ at t = T = {sde.T:g}), got sigma_1 = {float(sigmas[0]):g}")
+    score_fn = checked_score_fn(score_fn)
+    device = generator.device if generator is not None else torch.device(device or "cpu")
+    if x_init is None:
+        x = float(sigmas[0]) * torch.randn(shape, generator=generator, device=device)
+    else:
+        x, device = initial_state(sde, shape, generator, device, x_init)
+    alphas = (step_size * sigmas ** 2 / sigmas[-1] ** 2).tolist()
+    finite, k = FiniteSteps(), 0
+    for level, alpha in zip(levels.tolist(), alphas):
+        level_vec = torch.full((shape[0],), level, device=device, dtype=x.dtype)
+        for _ in range(steps_per_level):
+            x = x + alpha / 2 * score_fn(x, level_vec) + math.sqrt(alpha) * normal_like(
+                x, generator)
+            finite.update(x)
+            if callback is not None:
+                callback(k, level, x)
+            k += 1
+    schedule = levels.repeat_interleave(steps_per_level)
+    return SamplerResult(check_finite_result("annealed_langevin", x, finite, schedule,
+                                             "; or step_size is too large for the smallest noise "
+                                             "level (alpha_L = step_size)"),
+                         len(alphas) * steps_per_level)
