@@ -5,7 +5,8 @@ folder holding copies of book/forward_sdes.ipynb and book/sampling.ipynb; the ke
 starts see SDELIB_QUICK=1 and this repository on PYTHONPATH, and pick live sliders by
 themselves (a Jupyter server sets JPY_SESSION_NAME). Each notebook is opened in Debian's
 chromium driven by playwright (never `playwright install`), run with the menu's
-"Run > Run All Cells", and a slider is moved with the keyboard (ArrowRight on its
+"Run > Run All Cells" (JupyterLab's notebook windowing is off, so that every cell is
+laid out and its prompt readable), and a slider is moved with the keyboard (ArrowRight on its
 focused handle): the figure under it must change at each step. The timings (server
 start, run-all, each re-render) are printed and kept as the test's user properties.
 
