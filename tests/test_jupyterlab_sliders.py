@@ -6,9 +6,9 @@ starts see SDELIB_QUICK=1 and this repository on PYTHONPATH, and pick live slide
 themselves (a Jupyter server sets JPY_SESSION_NAME). Each notebook is opened in Debian's
 chromium driven by playwright (never `playwright install`), run with the menu's
 "Run > Run All Cells" (JupyterLab's notebook windowing is off, so that every cell is
-laid out and its prompt readable), and a slider is moved with the keyboard (ArrowRight on its
-focused handle): the figure under it must change at each step. The timings (server
-start, run-all, each re-render) are printed and kept as the test's user properties.
+laid out and its prompt readable), and a slider is moved with the keyboard (ArrowRight
+on its focused handle): the figure under it must change at each step. The timings
+(server start, run-all, each re-render) are printed and kept as user properties.
 
 Without chromium, playwright or jupyterlab the test skips, except under CI (env CI set),
 where it fails: .ci/run installs chromium and requirements.txt installs jupyterlab.
@@ -87,17 +87,20 @@ def lab(tmp_path_factory):
     env.update(
         SDELIB_QUICK="1",
         PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])]),
-        JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
         JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
-        JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"), IPYTHONDIR=str(home / "ipython"),
+        JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+        IPYTHONDIR=str(home / "ipython"),
         MPLBACKEND="module://matplotlib_inline.backend_inline")
-    # Every cell laid out (no virtual scrolling): the prompts of off-screen cells update.
+    # Every cell laid out (no virtual scrolling): off-screen prompts update too.
     tracker = home / "settings" / "@jupyterlab" / "notebook-extension"
     tracker.mkdir(parents=True)
     (tracker / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     port, token = _free_port(), secrets.token_hex(16)
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
-               f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={token}",
+               f"--port={port}", "--port-retries=0",
+               f"--IdentityProvider.token={token}",
                f"--ServerApp.root_dir={notebooks}", "--LabApp.news_url=None",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
                "--ServerApp.terminals_enabled=False"]
@@ -119,7 +122,8 @@ def lab(tmp_path_factory):
             except OSError:
                 pass
             if time.perf_counter() - start > SERVER_START_TIMEOUT_S:
-                pytest.fail(f"jupyter lab did not answer within {SERVER_START_TIMEOUT_S} s")
+                pytest.fail("jupyter lab did not answer within "
+                            f"{SERVER_START_TIMEOUT_S} s")
             time.sleep(0.25)
         TIMINGS["server start (s)"] = round(time.perf_counter() - start, 2)
         yield base, token
@@ -174,7 +178,8 @@ def _wait(condition, timeout_s, what, poll_s=0.25, diagnose=lambda: ""):
         if value:
             return value
         if time.perf_counter() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what} {diagnose()}")
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what} "
+                        f"{diagnose()}")
         time.sleep(poll_s)
 
 
@@ -215,7 +220,7 @@ def test_live_slider_rerenders_its_figure_in_jupyterlab(lab, browser, name, labe
         page.goto(f"{base}/lab/workspaces/{workspace}/tree/{name}?reset&token={token}",
                   wait_until="load")
         page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for(timeout=120_000)
-        assert page.locator(".jp-NotebookPanel").count() == 1, "other notebooks are open"
+        assert page.locator(".jp-NotebookPanel").count() == 1, "other notebooks open"
         assert page.locator(".jp-NotebookPanel .jp-Cell").first.is_visible()
         _wait(lambda: _kernel_state(base, token, name) == "idle", 120,
               f"the kernel of {name} to start")
@@ -226,7 +231,8 @@ def test_live_slider_rerenders_its_figure_in_jupyterlab(lab, browser, name, labe
         print(f"\n{name}: kernel idle, Run > Run All Cells", flush=True)
         start = time.perf_counter()
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+        page.locator(".lm-Menu-itemLabel",
+                     has_text=re.compile(r"^Run All Cells$")).click()
         n_code = page.locator(".jp-CodeCell").count()
         _wait(lambda: (lambda p: len(p) == n_code and all(re.fullmatch(r"\[\d+\]:", x)
                                                           for x in p))(_prompts(page)),
