@@ -191,12 +191,23 @@ def _static_html(labels: Sequence[str], pngs: Sequence[bytes], index: int, label
         f'</div>')
 
 
+LIVE_SLIDER_STYLE = {"description_width": "initial"}
+
+
+def _live_layout(label: str) -> dict:
+    """Width of a live slider: its label (about 0.6 em a character), a 20 em track
+    and the readout; never wider than the output area."""
+    return {"width": f"{max(30, round(0.6 * len(label)) + 26)}em", "max_width": "100%"}
+
+
 def slider(render: Callable, values, *, label: str, fmt: str = "{}", live: bool | None = None,
            initial=None, dpi: int = 90):
     """Show `render(value)`, a matplotlib Figure, with a slider over `values`.
 
-    The slider reads 'label = fmt.format(value)'. `initial` (one of `values`, default the first)
-    is shown first. Mode (module docstring): `live`, else $SDELIB_SLIDERS, else auto-detected.
+    The slider reads 'label = fmt.format(value)' (the live one shows `label` whole). A
+    slider whose values run backwards in time says so in its label, e.g.
+    't (reverse time: 1 → 0)'. `initial` (one of `values`, default the first) is shown
+    first. Mode (module docstring): `live`, else $SDELIB_SLIDERS, else auto-detected.
     Static mode renders every value now (dpi `dpi`) and closes each figure; live mode renders on
     demand. Returns `SliderFrames(values, labels, pngs, html)` (static) or
     `LiveSlider(values, labels, widget)` (live); the slider is displayed either way."""
@@ -238,8 +249,13 @@ def slider(render: Callable, values, *, label: str, fmt: str = "{}", live: bool 
         plt.close(fig)
         display(fig)
 
-    control = widgets.SelectionSlider(options=[(text, i) for i, text in enumerate(texts)],
-                                      value=index, description=label, continuous_update=False)
+    # The whole label is shown: ipywidgets' default description box is 80 px and cuts
+    # it ("guidance …"); 'initial' sizes it to the text and the layout widens the slider
+    # so that its track keeps its length.
+    control = widgets.SelectionSlider(
+        options=[(text, i) for i, text in enumerate(texts)], value=index,
+        description=label, continuous_update=False, style=dict(LIVE_SLIDER_STYLE),
+        layout=_live_layout(label))
     box = widgets.VBox([control, widgets.interactive_output(show, {"i": control})])
     display(box)
     return LiveSlider(values, labels, box)

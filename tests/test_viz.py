@@ -230,6 +230,24 @@ def test_live_slider_renders_on_demand():
     assert plt.get_fignums() == []
 
 
+@pytest.mark.parametrize("label", ["t", "hidden fraction", "guidance strength",
+                                   "t (reverse time: 1 → 0)"])
+def test_live_slider_shows_its_whole_label(label):
+    """ipywidgets cuts a description to 80 px ('hidden fra…') unless its width is 'initial';
+    the slider is then widened, so the track keeps its length, within the output area."""
+    widgets = pytest.importorskip("ipywidgets")
+    control = viz.slider(_line_at, [0.2, 0.4], label=label, live=True).widget.children[0]
+    assert isinstance(control, widgets.SelectionSlider)
+    assert control.description == label
+    assert control.style.description_width == "initial"
+    width = control.layout.width
+    assert width.endswith("em") and float(width[:-2]) >= 26 + 0.5 * len(label)
+    assert control.layout.max_width == "100%"
+    # every slider gets its own style: no shared widget mutated by the next one
+    other = viz.slider(_line_at, [0.2, 0.4], label="x", live=True).widget.children[0]
+    assert other.style is not control.style and other.layout is not control.layout
+
+
 def test_live_slider_leaves_no_open_figure_for_interactive_output_to_flush(monkeypatch):
     """interactive_output flushes pyplot's open figures into the cell's own output, outside the
     slider: the pre-rendered first frame must already be closed when it is called."""
