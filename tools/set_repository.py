@@ -95,12 +95,13 @@ def install_cell_source(url: str, branch: str) -> str:
 
 
 def chapters(root: Path = ROOT) -> list[Path]:
-    """The notebooks of _toc.yml, root first."""
+    """The notebooks of _toc.yml, root first (Markdown pages such as the notation page have no
+    install cell and are left out)."""
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     entries = toc.get("chapters", []) + [
         entry for part in toc.get("parts", []) for entry in part.get("chapters", [])]
     docs = [toc["root"]] + [entry["file"] for entry in entries]
-    return [root / f"{doc}.ipynb" for doc in docs]
+    return [root / f"{doc}.ipynb" for doc in docs if not (root / f"{doc}.md").exists()]
 
 
 def read_repository(root: Path = ROOT) -> tuple[str, str]:
