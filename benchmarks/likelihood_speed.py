@@ -175,6 +175,14 @@ def full_test_set(model, sde, images, args, device, argv):
         print(f"{estimate.n} images: bpd {estimate} ({report['seconds']:.0f} s so far)", flush=True)
 
 
+def merge_into(path, key, check):
+    """Write `check` as `key` of the JSON at `path`, keeping that file's other figures."""
+    report = json.loads(path.read_text()) if path.exists() else {}
+    report[key] = check
+    write_result(report, path)
+    print(f"wrote {key} into {path}")
+
+
 def tolerance_check(model, sde, images, args, device, argv):
     """The tutorial's path at 1e-5 against the fast path at --fast-tol (see the docstring)."""
     generator = torch.Generator().manual_seed(args.seed)
@@ -200,10 +208,7 @@ def tolerance_check(model, sde, images, args, device, argv):
     print(f"scipy 1e-5: {check['scipy']['images_per_s']:.2f} images/s; fast {args.fast_tol:g}: "
           f"{check['fast']['images_per_s']:.2f} images/s; ratio {check['ratio']:.1f}; bpd change "
           f"{change.mean:+.4f} ± {change.standard_error:.4f}")
-    report = json.loads(args.out.read_text()) if args.out.exists() else {}
-    report["tolerance_check"] = check
-    write_result(report, args.out)
-    print(f"wrote tolerance_check into {args.out}")
+    merge_into(args.out, "tolerance_check", check)
 
 
 def bf16_network(model, device: torch.device):
@@ -244,10 +249,7 @@ def bf16_check(model, sde, images, args, device, argv):
     print(f"float32 {check['float32']['bpd_mean']:.4f} bpd, NFE {check['float32']['nfe_per_batch']}, "
           f"{check['float32']['seconds']:.0f} s; bf16 {check['bf16']['bpd_mean']:.4f} bpd, NFE "
           f"{check['bf16']['nfe_per_batch']}, {check['bf16']['seconds']:.0f} s: {check['verdict']}")
-    report = json.loads(args.out.read_text()) if args.out.exists() else {}
-    report["bf16_check"] = check
-    write_result(report, args.out)
-    print(f"wrote bf16_check into {args.out}")
+    merge_into(args.out, "bf16_check", check)
 
 
 if __name__ == "__main__":

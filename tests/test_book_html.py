@@ -20,13 +20,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browser import launch_chromium, skip_or_fail
 
 pytestmark = pytest.mark.browser   # every test here drives or needs the built book
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 # Where MathJax is served from when it is not bundled with the book.
 MATHJAX_CDNS = re.compile(r"(cdn\.jsdelivr\.net|cdnjs\.cloudflare\.com|unpkg\.com|mathjax\.org)"
                           r"[^\"']*mathjax", re.IGNORECASE)
@@ -35,12 +33,6 @@ BUILD_TIMEOUT_S = 3600
 # sphinx-thebe's `const THEBE_JS_URL` twice (also a minimal book with the default config). It only
 # stops thebe's own config script, and thebe is disabled here (_config.yml).
 KNOWN_UPSTREAM_ERRORS = ("Identifier 'THEBE_JS_URL' has already been declared",)
-
-
-def _skip_or_fail(reason: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI is set, so the browser test must run")
-    pytest.skip(reason)
 
 
 def _chapters() -> list[str]:
@@ -107,16 +99,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        _skip_or_fail(f"{CHROMIUM} not found (Debian: apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _skip_or_fail("playwright is not installed (pip install playwright)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with launch_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 def _open(browser, url):

@@ -28,25 +28,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser import launch_chromium, skip_or_fail
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SERVER_START_TIMEOUT_S = 180
 RUN_ALL_TIMEOUT_S = 600          # quick mode; the machine may be busy
 RERENDER_TIMEOUT_S = 300
 # (notebook, slider label, key presses): each press moves the slider one value right.
 CASES = [("forward_sdes.ipynb", "sigma", 2), ("sampling.ipynb", "snr", 2)]
 TIMINGS: dict = {}
-
-
-def _skip_or_fail(reason: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI is set, so the browser test must run")
-    pytest.skip(reason)
 
 
 def _free_port() -> int:
@@ -73,9 +65,9 @@ def lab(tmp_path_factory):
     """A JupyterLab server on the copies of the notebooks: (base URL, token). Always
     stopped at the end: its kernels shut down, then its process group killed."""
     if importlib.util.find_spec("jupyterlab") is None:
-        _skip_or_fail("jupyterlab is not installed (pip install jupyterlab)")
+        skip_or_fail("jupyterlab is not installed (pip install jupyterlab)")
     if importlib.util.find_spec("ipywidgets") is None:
-        _skip_or_fail("ipywidgets is not installed")
+        skip_or_fail("ipywidgets is not installed")
     work = tmp_path_factory.mktemp("lab")
     notebooks = work / "notebooks"
     notebooks.mkdir()
@@ -157,17 +149,8 @@ def _stop(server, base, token):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        _skip_or_fail(f"{CHROMIUM} not found (Debian: apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _skip_or_fail("playwright is not installed (pip install playwright)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                              args=CHROMIUM_ARGS)
+    with launch_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 def _wait(condition, timeout_s, what, poll_s=0.25, diagnose=lambda: ""):

@@ -251,29 +251,28 @@ def _likelihood_loss_closed_form(name):
     return IS_DIM * (antiderivative[1] - antiderivative[0]) / (1 - EPS)
 
 
-@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
-def test_importance_sampled_likelihood_loss_matches_its_closed_form(name):
+def _importance_sampled_estimate(name, uniform_t=False, n=20_000):
+    """(mean, standard error) of the importance-weighted likelihood loss on the Gaussian data,
+    t from the importance density, or (the negative control) from U(eps, 1)."""
     sde = _sdes()[name]
-    n = 20_000
     gen = torch.Generator().manual_seed(0)
     x0 = IS_MU + IS_S0 * torch.randn(n, IS_DIM, generator=gen, dtype=F64)
+    t = torch.rand(n, generator=gen, dtype=F64) * (1 - EPS) + EPS if uniform_t else None
     losses = dsm_loss(_gaussian_score(sde), sde, x0, eps=EPS, weighting="likelihood",
-                      importance_sampling=True, generator=gen, reduce=False)
-    mean, se = losses.mean().item(), losses.std().item() / math.sqrt(n)
+                      importance_sampling=True, t=t, generator=gen, reduce=False)
+    return losses.mean().item(), losses.std().item() / math.sqrt(n)
+
+
+@pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
+def test_importance_sampled_likelihood_loss_matches_its_closed_form(name):
+    mean, se = _importance_sampled_estimate(name)
     assert abs(mean - _likelihood_loss_closed_form(name)) < K_SE * se, (mean, se)
 
 
 @pytest.mark.parametrize("name", ["ve", "vp", "subvp"])
 def test_a_wrong_time_density_fails_the_same_check(name):
     """Negative control: uniform t with the importance weight Z / (1 - eps) is the wrong density."""
-    sde = _sdes()[name]
-    n = 20_000
-    gen = torch.Generator().manual_seed(0)
-    x0 = IS_MU + IS_S0 * torch.randn(n, IS_DIM, generator=gen, dtype=F64)
-    t = torch.rand(n, generator=gen, dtype=F64) * (1 - EPS) + EPS
-    losses = dsm_loss(_gaussian_score(sde), sde, x0, eps=EPS, weighting="likelihood",
-                      importance_sampling=True, t=t, generator=gen, reduce=False)
-    mean, se = losses.mean().item(), losses.std().item() / math.sqrt(n)
+    mean, se = _importance_sampled_estimate(name, uniform_t=True)
     assert abs(mean - _likelihood_loss_closed_form(name)) > K_SE * se, (mean, se)
 
 
