@@ -25,8 +25,9 @@ import torch
 __all__ = ["default_device", "Precision", "precision", "autocast", "cpu_has_avx512_bf16",
            "CPU_BF16_MEASURED_FASTER"]
 
-# bf16 autocast of the ScoreNet's training step on a 2-core avx512_bf16 CPU has not been shown to
-# be faster than float32 there (benchmarks/train_speed.py measures it): float32 stays the CPU choice.
+# bf16 autocast of the ScoreNet's training step is slower than float32 on the 2-core avx512_bf16 CPU
+# this was measured on (benchmarks/train_speed.py, batch 128, channels-last: 346 against 526
+# images/s, sdelib/results/train_speed_cpu_{bf16,fp32}.json): float32 stays the CPU choice.
 CPU_BF16_MEASURED_FASTER = False
 
 
