@@ -223,9 +223,13 @@ def test_live_slider_rerenders_its_figure_in_jupyterlab(lab, browser, name, labe
               diagnose=lambda: f"prompts {_prompts(page)}, kernel "
                                f"{_kernel_state(base, token, name)}")
         timings["run all (s)"] = round(time.perf_counter() - start, 2)
+        # the one error a chapter shows on purpose: its runnable exercise, left for the reader
+        # ("your code here"; tagged raises-exception for the build)
         errors_out = page.locator(".jp-OutputArea-output[data-mime-type="
                                   "'application/vnd.jupyter.stderr']", has_text="Error")
-        assert errors_out.count() == 0, errors_out.first.inner_text()[-2000:]
+        unexpected = [text for text in errors_out.all_inner_texts()
+                      if "NotImplementedError: your code here" not in text]
+        assert not unexpected, unexpected[0][-2000:]
 
         # the live slider of this label: a widget box holding the slider and its output
         slider = page.locator(".widget-slider", has=page.locator(
