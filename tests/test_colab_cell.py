@@ -127,11 +127,12 @@ def test_the_readme_has_the_section_the_placeholder_points_to():
 # --- (c) the rewrite command ----------------------------------------------------------
 @pytest.fixture
 def repo_copy(tmp_path):
-    """The files the command rewrites, copied: _config.yml, _toc.yml, the chapters."""
+    """The files the command reads and rewrites, copied: _config.yml, _toc.yml, the chapters and
+    the Markdown pages of the table of contents (which have no install cell)."""
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(ROOT / name, tmp_path / name)
     (tmp_path / "book").mkdir()
-    for path in sr.chapters(ROOT):
+    for path in sr.chapters(ROOT) + sorted((ROOT / "book").glob("*.md")):
         shutil.copy(path, tmp_path / path.relative_to(ROOT))
     return tmp_path
 
