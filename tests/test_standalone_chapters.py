@@ -21,6 +21,7 @@ yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = [entry["file"] for entry in yaml.safe_load((ROOT / "_toc.yml").read_text())["chapters"]]
 CHAPTERS = [yaml.safe_load((ROOT / "_toc.yml").read_text())["root"]] + CHAPTERS
+CHAPTERS = [doc for doc in CHAPTERS if (ROOT / f"{doc}.ipynb").exists()]   # not the .md pages
 
 GUARD = """\
 import sys as _sys
