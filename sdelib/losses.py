@@ -46,10 +46,16 @@ WEIGHTINGS = ("std2", "likelihood")
 PROJECTIONS = ("gaussian", "rademacher")
 
 
+def _log_scaled_variance_ends(sde: SDE, eps: float) -> tuple[float, float]:
+    """(ln sigma~^2(eps), ln sigma~^2(T)), in float64."""
+    ends = sde.scaled_std(torch.tensor([eps, sde.T], dtype=torch.float64))
+    return 2 * math.log(ends[0]), 2 * math.log(ends[1])
+
+
 def log_scaled_variance_range(sde: SDE, eps: float) -> float:
     """Z = ln(sigma~^2(T) / sigma~^2(eps)), the normaliser of the density g^2 / v on [eps, T]."""
-    ends = sde.scaled_std(torch.tensor([eps, sde.T], dtype=torch.float64))
-    return float(2 * torch.log(ends[1] / ends[0]))
+    log_low, log_high = _log_scaled_variance_ends(sde, eps)
+    return log_high - log_low
 
 
 def sample_time(sde: SDE, batch: int, *, eps: float = 1e-5, importance_sampling: bool = False,
@@ -64,8 +70,7 @@ def sample_time(sde: SDE, batch: int, *, eps: float = 1e-5, importance_sampling:
     u = torch.rand(batch, generator=generator, device=device, dtype=dtype)
     if not importance_sampling:
         return u * (sde.T - eps) + eps
-    ends = sde.scaled_std(torch.tensor([eps, sde.T], dtype=torch.float64))
-    log_low, log_high = 2 * math.log(ends[0]), 2 * math.log(ends[1])
+    log_low, log_high = _log_scaled_variance_ends(sde, eps)
     sigma = torch.exp(0.5 * (log_low + u.double() * (log_high - log_low)))
     return sde.time_of_scaled_std(sigma).clamp(eps, sde.T).to(dtype)
 
