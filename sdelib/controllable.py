@@ -7,6 +7,19 @@ score model at sampling time.
   moments on 2-D Gaussian data, so the book can measure its bias against the exact conditional.
 - `classifier_guided_score` adds strength * grad_x log p_t(y | x) of a noise-conditional classifier
   to any score (eq. 14 with a guidance scale, Dhariwal & Nichol 2021), for any sampler.
+- `classifier_free_guided_score` gets grad_x log p_t(y | x) without a classifier, as the difference
+  of a class-conditional net's conditional and unconditional scores (Ho & Salimans 2022).
+
+One strength convention for both kinds of guidance, w:
+
+    s_w(x, t, y) = grad log p_t(x) + w grad log p_t(y | x),
+
+so w = 0 is the unconditional score, w = 1 the score of p_t(x | y), w > 1 sharper. Dhariwal &
+Nichol's classifier scale s is w; Ho & Salimans write (1 + w') eps(x, y) - w' eps(x), so their
+w' is w - 1; a "guidance scale" gamma in eps(x) + gamma (eps(x, y) - eps(x)) is w. For w other
+than 0 and 1, s_w is the score of p_t(x) p_t(y | x)^w, which is *not* the diffused version of the
+tilted data density p_0(x) p_0(y | x)^w: guided sampling with w > 1 samples no known distribution
+exactly (the book checks this on a 1-D mixture).
 """
 from __future__ import annotations
 
@@ -20,7 +33,8 @@ from .samplers import (SamplerResult, check_sampler_arguments, euler_maruyama_st
                        langevin_corrector_step, time_grid)
 from .sde import SDE, append_dims, normal_like
 
-__all__ = ["inpaint", "classifier_guided_score", "replacement_moments"]
+__all__ = ["inpaint", "classifier_guided_score", "classifier_free_guided_score",
+           "replacement_moments"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,18 +110,14 @@ def inpaint(score_fn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor, *
 
 def classifier_guided_score(score_fn, classifier, label, strength: float = 1.0, num_classes: int = 10):
     """s(x, t) + strength * grad_x log p_t(y = label | x): the score of p_t(x | y) (paper eq. 14)
-    for strength 1, sharper for strength > 1 (Dhariwal & Nichol 2021). `classifier(x, t)` returns
+    for strength 1, sharper for strength > 1 (Dhariwal & Nichol 2021; strength is their scale s). `classifier(x, t)` returns
     logits of a classifier trained on noisy x_t (a noise-conditional classifier); `label` is one
     class or one per sample. Use the result as the `score_fn` of any sampler."""
     check_callable("score_fn", score_fn)
     check_callable("classifier", classifier)
     strength = check_real("guidance strength", strength, low=0.0)
     num_classes = check_int("num_classes", num_classes, minimum=1)
-    labels = torch.as_tensor(label)
-    if labels.dtype.is_floating_point or labels.ndim > 1:
-        raise ValueError(f"label must be an integer class or a 1-D tensor of them, got {label!r}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"class labels must lie in 0..{num_classes - 1}, got {labels.tolist()}")
+    labels = _check_class_labels(label, num_classes)
 
     def guided_score(x, t):
         score = score_fn(x, t)
@@ -119,6 +129,51 @@ def classifier_guided_score(score_fn, classifier, label, strength: float = 1.0, 
             chosen = log_probs.gather(1, labels.to(x.device).expand(x.shape[0])[:, None])
             grad = torch.autograd.grad(chosen.sum(), x_)[0]
         return score + strength * grad.to(score.dtype)
+
+    return guided_score
+
+
+def _check_class_labels(label, num_classes: int, null_label: int | None = None) -> torch.Tensor:
+    labels = torch.as_tensor(label)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim > 1:
+        raise ValueError(f"label must be an integer class or a 1-D tensor of them, got {label!r}")
+    if null_label is not None and bool((labels == null_label).any()):
+        raise ValueError(f"label {null_label} is the null label ('no class'); guidance needs a "
+                         f"class in 0..{num_classes - 1}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"class labels must lie in 0..{num_classes - 1}, got {labels.tolist()}")
+    return labels.long()
+
+
+def classifier_free_guided_score(conditional_score_fn, label, strength: float = 1.0, *,
+                                 num_classes: int = 10, null_label: int | None = None):
+    """s(x, t, null) + strength * [s(x, t, y) - s(x, t, null)] (Ho & Salimans 2022, eq. 6 in
+    the strength convention of this module's docstring): the bracket is grad_x log p_t(y | x) by
+    Bayes' rule, grad log p_t(x | y) - grad log p_t(x), with no classifier.
+
+    `conditional_score_fn(x, t, labels)` is a class-conditional score (e.g. a
+    `ScoreNet(num_classes=10)` trained with label dropout) that gives the unconditional score for
+    the null label (default: `num_classes`, the ScoreNet's `null_label`). `label` is one class or
+    one per sample. Both scores come from one call on a doubled batch, so a sampler's count of
+    evaluations counts calls of the guided score, each two net passes per sample."""
+    check_callable("conditional_score_fn", conditional_score_fn)
+    strength = check_real("guidance strength", strength, low=0.0)
+    num_classes = check_int("num_classes", num_classes, minimum=1)
+    null_label = num_classes if null_label is None else check_int("null_label", null_label)
+    labels = _check_class_labels(label, num_classes, null_label)
+
+    def guided_score(x, t):
+        batch = x.shape[0]
+        y = labels.to(x.device).expand(batch)
+        if strength == 1:
+            return conditional_score_fn(x, t, y)
+        null = torch.full_like(y, null_label)
+        if strength == 0:
+            return conditional_score_fn(x, t, null)
+        t2 = t.expand(batch) if t.ndim == 1 and t.shape[0] == 1 else t
+        both = conditional_score_fn(torch.cat([x, x]), torch.cat([t2, t2]), torch.cat([y, null]))
+        conditional, unconditional = both[:batch], both[batch:]
+        return unconditional + strength * (conditional - unconditional)
 
     return guided_score
 

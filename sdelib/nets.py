@@ -1,7 +1,7 @@
 """Score networks s_theta(x, t) ~ grad_x log p_t(x).
 
 `ScoreNet` is the tutorial's time-conditional U-Net for 1x28x28 images (1,115,425 parameters with
-the default channels); `MLPScoreNet` is a small net for 2-D toy data. Both divide their output by
+the default channels; optionally class-conditional, for classifier-free guidance); `MLPScoreNet` is a small net for 2-D toy data. Both divide their output by
 the SDE's marginal std(t): the score of the perturbation kernel has norm ~ sqrt(D) / std(t), so
 the net only has to predict a quantity of order one (the tutorial's "output / marginal_prob_std").
 Both take the `SDE` they are trained for, and record their settings in `config()` so a checkpoint
@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from .checks import check_real
+from .checks import check_int, check_real
 from .sde import SDE, check_batch, append_dims, sde_from_config
 
 __all__ = ["NOISE_INPUTS", "ScoreNet", "MLPScoreNet", "MNISTClassifier",
@@ -123,8 +123,10 @@ class ScoreNet(nn.Module):
     normalised log noise level instead of t (`noise_condition`)."""
 
     def __init__(self, sde: SDE, channels=(32, 64, 128, 256), embed_dim: int = 256,
-                 image_channels: int = 1, noise_input: str = "time", noise_eps: float = 1e-5):
+                 image_channels: int = 1, noise_input: str = "time", noise_eps: float = 1e-5,
+                 num_classes: int = 0):
         super().__init__()
+        num_classes = check_int("num_classes", num_classes, minimum=0)
         if noise_input not in NOISE_INPUTS:
             raise ValueError(f"unknown noise_input {noise_input!r}; choose one of {NOISE_INPUTS}")
         self.sde = sde
@@ -149,15 +151,30 @@ class ScoreNet(nn.Module):
         self.tconv2 = nn.ConvTranspose2d(2 * c[1], c[0], 3, stride=2, bias=False, output_padding=1)
         self.dense7, self.tgnorm2 = Dense(embed_dim, c[0]), nn.GroupNorm(32, c[0])
         self.tconv1 = nn.ConvTranspose2d(2 * c[0], image_channels, 3, stride=1)
+        # Class conditioning (created last, so an unconditional net initialises as before): one
+        # learned vector per class and one for the null label "no class", added to the time
+        # embedding (Ho & Salimans 2022 train one net for both by dropping labels).
+        self.num_classes, self.null_label = num_classes, num_classes
+        if num_classes:
+            self.label_embed = nn.Embedding(num_classes + 1, embed_dim)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, label=None) -> torch.Tensor:
+        """The score at (x, t); a class-conditional net also takes `label` (a class in
+        0..num_classes - 1 or the null label `null_label`, one or one per image; None: the
+        null label, i.e. the unconditional score)."""
         if x.ndim != 4 or x.shape[1:] != (self.image_channels, 28, 28):
             raise ValueError(f"ScoreNet expects images of shape (batch, {self.image_channels}, 28, 28), "
                              f"got {tuple(x.shape)}")
         check_batch(x, t)
         check_positive_time("ScoreNet", t)
         t = t.expand(x.shape[0]) if t.ndim == 1 and t.shape[0] == 1 else t
-        embed = swish(self.embed(noise_condition(self.sde, t, self.noise_input, self.noise_eps)))
+        embed = self.embed(noise_condition(self.sde, t, self.noise_input, self.noise_eps))
+        if self.num_classes:
+            embed = embed + self.label_embed(self._labels(label, x))
+        elif label is not None:
+            raise ValueError("this ScoreNet is not class-conditional (num_classes = 0): "
+                             "call it without a label")
+        embed = swish(embed)
         h1 = swish(self.gnorm1(self.conv1(x) + self.dense1(embed)))
         h2 = swish(self.gnorm2(self.conv2(h1) + self.dense2(embed)))
         h3 = swish(self.gnorm3(self.conv3(h2) + self.dense3(embed)))
@@ -168,11 +185,30 @@ class ScoreNet(nn.Module):
         h = self.tconv1(torch.cat([h, h1], dim=1))
         return h / append_dims(self.sde.marginal_std(t), h.ndim).to(h.dtype)
 
+    def _labels(self, label, x: torch.Tensor) -> torch.Tensor:
+        """`label` as one int64 label per image, checked (on the CPU: a GPU check would wait)."""
+        if label is None:
+            return torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
+        labels = torch.as_tensor(label, device=x.device)
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim > 1:
+            raise ValueError(f"label must be an integer class or a 1-D tensor of them, "
+                             f"got {label!r}")
+        labels = labels.long().expand(x.shape[0]) if labels.numel() == 1 else labels.long()
+        if labels.shape != (x.shape[0],):
+            raise ValueError(f"got {labels.numel()} labels for {x.shape[0]} images")
+        if x.device.type == "cpu" and labels.numel() and (
+                int(labels.min()) < 0 or int(labels.max()) > self.null_label):
+            raise ValueError(f"labels must lie in 0..{self.num_classes - 1} (classes) or be the "
+                             f"null label {self.null_label}, got {labels.unique().tolist()}")
+        return labels
+
     def config(self) -> dict:
         config = {"name": "ScoreNet", "channels": list(self.channels), "embed_dim": self.embed_dim,
                   "image_channels": self.image_channels}
         if self.noise_input != "time":  # older checkpoints (t-conditioned) keep their config
             config.update(noise_input=self.noise_input, noise_eps=self.noise_eps)
+        if self.num_classes:  # likewise for unconditional ones
+            config.update(num_classes=self.num_classes)
         return config
 
 

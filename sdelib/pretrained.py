@@ -62,6 +62,11 @@ SHIPPED = {
                     "--channels-last --weighting likelihood --importance-sampling "
                     "--noise-input log_sigma --dequantize --out mnist-ve-is-train.pt "
                     "--export mnist-ve-is"),
+    "mnist-ve-cfg": ("class-conditional ScoreNet for the tutorial's VE SDE with a null label, "
+                     "for classifier-free guidance",
+                     "python -m sdelib.train --sde ve --epochs 20 --batch-size 128 --lr 5e-4 "
+                     "--channels-last --noise-input log_sigma --class-conditional "
+                     "--label-dropout 0.1 --out mnist-ve-cfg-train.pt --export mnist-ve-cfg"),
     "mnist-classifier": ("MNISTClassifier, the evaluation classifier",
                          "python benchmarks/train_classifier.py"),
     "mnist-noisy-classifier": ("NoiseConditionalClassifier for classifier guidance",

@@ -35,6 +35,8 @@ RESULT_COMMANDS = {
     "train_speed_cpu_compile.json": "python benchmarks/train_speed.py --seconds 150 --compile",
     "mnist-ve-em-samples.json": "python benchmarks/sample_grid.py",
     "mnist-ve-em-samples.png": "python benchmarks/sample_grid.py",
+    "models.json": "python benchmarks/model_scores.py --model NAME",
+    "guidance.json": "python benchmarks/guidance.py",
 }
 
 

@@ -98,7 +98,9 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
           batch_size: int = 128, lr: float = 5e-4, warmup_steps: int = 500, schedule: str = "cosine",
           ema_decay: float = 0.999, grad_clip: float = 1.0, eps: float = 1e-5, weighting: str = "std2",
-          importance_sampling: bool = False, dequantize: bool = False, seed: int = 0, device=None, checkpoint: str | Path | None = None,
+          importance_sampling: bool = False, dequantize: bool = False, seed: int = 0,
+          labels: torch.Tensor | None = None, label_dropout: float = 0.1,
+          device=None, checkpoint: str | Path | None = None,
           checkpoint_every: float = 120.0, time_budget: float | None = None, max_steps: int | None = None,
           bf16: bool = False, channels_last: bool = False, compile: bool = False,
           precision: Precision | None = None,
@@ -109,7 +111,11 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     `max_steps` stop early (the state is saved; call again to continue); `max_steps` counts from
     the start of the run, so a resumed run stops at the same step. `images` are converted to the
     model's dtype (float32 unless the model was cast). `precision` (a `device.precision(...)`)
-    sets the autocast dtype and the fp16 gradient scaler, overriding `bf16`."""
+    sets the autocast dtype and the fp16 gradient scaler, overriding `bf16`.
+
+    A class-conditional model (`ScoreNet(num_classes=10)`) needs `labels` (one class per image)
+    and learns the conditional and the unconditional score at once: each label is replaced by
+    the null label with probability `label_dropout` (Ho & Salimans 2022, Algorithm 1)."""
     from tqdm.auto import tqdm
 
     check_instance("model", model, nn.Module, "MLPScoreNet(sde)")
@@ -142,6 +148,13 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     if not torch.is_floating_point(images):
         raise TypeError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
     check_data("images", images)                         # once: NaN in the data, not per step
+    num_classes = getattr(model, "num_classes", 0)
+    if num_classes:
+        labels = _check_labels(labels, images, num_classes)
+        label_dropout = check_real("label_dropout", label_dropout, low=0.0, high=1.0)
+    elif labels is not None:
+        raise ValueError("labels were given but the model is not class-conditional; build it "
+                         "with ScoreNet(sde, num_classes=10)")
     rank, world = _distributed()
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} must be divisible by the {world} processes")
@@ -154,6 +167,8 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     arguments = locals()
     settings = {name: arguments[name] for name in TRAINING_SETTINGS}
     settings.update(world_size=world, dataset_size=n)
+    if num_classes:  # recorded only for class-conditional runs (older logs stay as they were)
+        settings.update(class_conditional=True, label_dropout=label_dropout)
     if checkpoint is None or rank != 0:
         return _train(**locals())
     # One training per output: the lock dies with its process, so a resume after a crash is never
@@ -164,7 +179,8 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
 
 
 def _train(*, model, sde, images, epochs, batch_size, lr, warmup_steps, schedule, ema_decay,
-           grad_clip, eps, weighting, importance_sampling, dequantize, seed, device, checkpoint,
+           grad_clip, eps, weighting, importance_sampling, dequantize, seed, labels, label_dropout,
+           num_classes, device, checkpoint,
            checkpoint_every, time_budget, max_steps, bf16, channels_last, compile, precision,
            progress, rank, world, n, steps_per_epoch, total_steps, settings, tqdm, **_) -> dict:
     """The loop of `train`, its arguments checked."""
@@ -202,6 +218,7 @@ def _train(*, model, sde, images, epochs, batch_size, lr, warmup_steps, schedule
     gen_state = noise_gen.get_state()  # the state at the start of the next step (what a save stores)
 
     data = images.to(device=device, dtype=next(model.parameters()).dtype)
+    label_data = labels.to(device) if num_classes else None
     step_model = model
     if world > 1:
         step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -248,11 +265,16 @@ def _train(*, model, sde, images, epochs, batch_size, lr, warmup_steps, schedule
                 u = torch.rand((batch_size,) + tuple(data.shape[1:]), generator=noise_gen, device=device)
                 x0 = (255 * x0 + u[shard].to(x0.dtype)) / 256
             x0 = x0.contiguous(memory_format=memory_format) if data.ndim == 4 else x0
+            score_fn = step_model
+            if num_classes:  # drop each label to the null label with probability label_dropout
+                drop = torch.rand(batch_size, generator=noise_gen, device=device) < label_dropout
+                y = torch.where(drop, model.null_label, label_data[idx])[shard]
+                score_fn = lambda x, t: step_model(x, t, y)  # noqa: E731
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, lr, warmup_steps, schedule)
             try:
                 with autocast(device, chosen):
-                    loss = dsm_loss(step_model, sde, x0, t=t[shard], z=z[shard].to(x0.dtype),
+                    loss = dsm_loss(score_fn, sde, x0, t=t[shard], z=z[shard].to(x0.dtype),
                                     weighting=weighting, importance_sampling=importance_sampling,
                                     eps=eps, check_finite=False)
                 optimizer.zero_grad(set_to_none=True)
@@ -387,6 +409,21 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
                                      "dataset_size": n})
 
 
+def _check_labels(labels, images: torch.Tensor, num_classes: int) -> torch.Tensor:
+    if labels is None:
+        raise ValueError("a class-conditional model needs labels: one class per image")
+    check_tensor("labels", labels)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-D integer tensor, got dtype {labels.dtype}, "
+                         f"shape {tuple(labels.shape)}")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"got {labels.shape[0]} labels for {images.shape[0]} images")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return labels.long()
+
+
 def _check_compatible(state: dict, model: nn.Module, sde: SDE) -> None:
     if state["net"] != model.config():
         raise CheckpointError(f"checkpoint is for net {state['net']}, not {model.config()}")
@@ -445,6 +482,10 @@ def main(argv=None) -> None:
     _add_setting_arguments(parser)
     parser.add_argument("--noise-input", default="time", choices=["time", "log_sigma"],
                         help="what ScoreNet's time embedding is fed")
+    parser.add_argument("--class-conditional", action="store_true",
+                        help="a class-conditional ScoreNet (classifier-free guidance)")
+    parser.add_argument("--label-dropout", type=float, default=0.1,
+                        help="probability of the null label per image (class-conditional only)")
     parser.add_argument("--time-budget", type=float, default=None, help="stop (and save) after this many seconds")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
@@ -468,13 +509,16 @@ def main(argv=None) -> None:
     from .data import load_mnist
 
     sde = make_sde(args.sde)
-    images, _ = load_mnist("train")
+    images, labels = load_mnist("train")
     if args.subset:
-        images = images[:args.subset]
+        images, labels = images[:args.subset], labels[:args.subset]
     torch.manual_seed(args.seed)  # the Fourier features of a new net
-    model = ScoreNet(sde, noise_input=args.noise_input)
+    model = ScoreNet(sde, noise_input=args.noise_input,
+                     num_classes=10 if args.class_conditional else 0)
+    conditional = dict(labels=labels, label_dropout=args.label_dropout) \
+        if args.class_conditional else {}
     try:
-        state = train(model, sde, images, device=device, checkpoint=args.out,
+        state = train(model, sde, images, device=device, checkpoint=args.out, **conditional,
                       time_budget=args.time_budget, max_steps=args.max_steps,
                       **{name: getattr(args, name) for name in TRAINING_SETTINGS})
         complete = state["step"] == args.epochs * (len(images) // args.batch_size)

@@ -221,6 +221,24 @@ def test_cli_stops_on_budget_resumes_and_exports_only_a_complete_run(tmp_path, m
     assert sde.name == "ve" and count_parameters(model) == 1_115_425
 
 
+def test_cli_trains_and_exports_a_class_conditional_net_with_its_labels(tmp_path, monkeypatch):
+    import sdelib.data
+
+    images = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(32) % 10
+    monkeypatch.setattr(sdelib.data, "load_mnist", lambda split: (images, labels))
+    monkeypatch.setattr(train_module, "CHECKPOINT_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(pretrained_module, "CHECKPOINT_DIR", tmp_path / "shipped")
+    train_module.main(["--epochs", "1", "--batch-size", "16", "--warmup-steps", "1",
+                       "--device", "cpu", "--class-conditional", "--label-dropout", "0.2",
+                       "--out", str(tmp_path / "run.pt"), "--export", "tiny-cfg"])
+    log = json.loads((tmp_path / "shipped" / "tiny-cfg.json").read_text())
+    assert log["settings"]["class_conditional"] and log["settings"]["label_dropout"] == 0.2
+    model, _ = load_pretrained("tiny-cfg")
+    assert model.num_classes == 10 and model.null_label == 10
+    assert count_parameters(model) == 1_115_425 + 11 * 256     # one vector per class and null
+
+
 def test_train_rejects_integer_images(tmp_path):
     with pytest.raises(TypeError, match="floating point"):
         train(MLPScoreNet(VESDE(10.0)), VESDE(10.0), torch.zeros(32, 2, dtype=torch.uint8), epochs=1,
