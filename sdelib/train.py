@@ -19,6 +19,7 @@ CLI: `python -m sdelib.train --sde ve --epochs 30 --batch-size 128 --out mnist-v
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import inspect
 import math
@@ -169,12 +170,12 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     settings.update(world_size=world, dataset_size=n)
     if num_classes:  # recorded only for class-conditional runs (older logs stay as they were)
         settings.update(class_conditional=True, label_dropout=label_dropout)
-    if checkpoint is None or rank != 0:
-        return _train(**locals())
     # One training per output: the lock dies with its process, so a resume after a crash is never
     # blocked; holding it, the temporary files of a killed save are ours to remove.
-    with training_lock(checkpoint):
-        remove_stale_temporaries(checkpoint)
+    saves = checkpoint is not None and rank == 0
+    with training_lock(checkpoint) if saves else contextlib.nullcontext():
+        if saves:
+            remove_stale_temporaries(checkpoint)
         return _train(**locals())
 
 
