@@ -39,10 +39,6 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 FACTORIES = {"load_pretrained", "model_from_checkpoint", "ScoreNet", "MLPScoreNet"}
 LOADERS = {"load_pretrained", "model_from_checkpoint"}
-# Chapters that are being reworked elsewhere and still break a rule: (chapter, rule) pairs. The
-# tests expect them to fail (strictly: once they pass, the entry must go).
-PENDING = {("controllable", rule) for rule in ("device_first", "loaded_moved", "generators",
-                                               "samplers")}
 
 
 def sampler_names() -> set[str]:
@@ -348,7 +344,9 @@ def check_notebook(notebook: dict, samplers: set[str] | None = None) -> Report:
                     and n.func.attr == "to" and isinstance(n.func.value, ast.Name)
                     and n.func.value.id == names[0] and n.args[:1] and is_device(n.args[0])
                     and n.lineno >= node.lineno for n in ast.walk(module))
-        if not (chained or moved):
+        loaded_there = any(keyword.arg == "map_location" and is_device(keyword.value)
+                           for keyword in root.keywords)
+        if not (chained or moved or loaded_there):
             findings.append(Finding("loaded_moved", index, node.lineno,
                                     f"{names[0]} is not moved .to(DEVICE) in its cell"))
     # rules 3 and 4
@@ -371,32 +369,26 @@ def reports():
             for name, path in CHAPTERS.items()}
 
 
-def chapter_params(rule):
-    return [pytest.param(name, marks=pytest.mark.xfail(
-                strict=True, reason="this chapter is being reworked elsewhere"))
-            if (name, rule) in PENDING else name for name in CHAPTERS]
-
-
 def broken(report, rule):
     return "\n".join(str(f) for f in report.findings if f.rule == rule)
 
 
-@pytest.mark.parametrize("chapter", chapter_params("device_first"))
+@pytest.mark.parametrize("chapter", list(CHAPTERS))
 def test_device_is_chosen_before_the_first_network(reports, chapter):
     assert not broken(reports[chapter], "device_first"), broken(reports[chapter], "device_first")
 
 
-@pytest.mark.parametrize("chapter", chapter_params("loaded_moved"))
+@pytest.mark.parametrize("chapter", list(CHAPTERS))
 def test_loaded_models_move_to_the_device_in_their_cell(reports, chapter):
     assert not broken(reports[chapter], "loaded_moved"), broken(reports[chapter], "loaded_moved")
 
 
-@pytest.mark.parametrize("chapter", chapter_params("generators"))
+@pytest.mark.parametrize("chapter", list(CHAPTERS))
 def test_calls_given_a_network_draw_on_the_device(reports, chapter):
     assert not broken(reports[chapter], "generators"), broken(reports[chapter], "generators")
 
 
-@pytest.mark.parametrize("chapter", chapter_params("samplers"))
+@pytest.mark.parametrize("chapter", list(CHAPTERS))
 def test_samplers_given_a_network_are_told_the_device(reports, chapter):
     assert not broken(reports[chapter], "samplers"), broken(reports[chapter], "samplers")
 
@@ -507,6 +499,13 @@ def test_device_chosen_after_the_first_network_is_caught():
 
 def test_a_loaded_model_left_on_the_cpu_is_caught():
     cells = (SETUP, 'model, sde = load_pretrained("mnist-ve")\n', "model = model.to(DEVICE)\n")
+    assert rules_broken(*cells) == ["loaded_moved"]
+
+
+def test_a_model_loaded_onto_the_device_needs_no_move():
+    cells = (SETUP, 'model, sde = load_pretrained("mnist-ve", map_location=DEVICE)\n')
+    assert rules_broken(*cells) == []
+    cells = (SETUP, 'model, sde = load_pretrained("mnist-ve", map_location="cpu")\n')
     assert rules_broken(*cells) == ["loaded_moved"]
 
 
