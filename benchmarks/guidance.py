@@ -1,6 +1,6 @@
 """Classifier-free guidance against classifier guidance, per guidance strength w.
 
-    python benchmarks/guidance.py [--samples 500] [--strengths 0 1 2 3 5] [--seed 0] [--threads 2]
+    python benchmarks/guidance.py [--samples 500] [--strengths 0 1 2 4] [--seed 0] [--threads 2]
 
 For each kind of guidance and each strength w (one convention, `sdelib.controllable`: w = 0 the
 unconditional model, w = 1 the conditional one), --samples digits are drawn for the labels
@@ -77,7 +77,7 @@ def measure(score_fn, sde, labels, judge, reference, seed, device, batch):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=500)
-    parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 1.0, 2.0, 3.0, 5.0])
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)

@@ -15,8 +15,8 @@ One strength convention for both kinds of guidance, w:
     s_w(x, t, y) = grad log p_t(x) + w grad log p_t(y | x),
 
 so w = 0 is the unconditional score, w = 1 the score of p_t(x | y), w > 1 sharper. Dhariwal &
-Nichol's classifier scale s is w; Ho & Salimans write (1 + w') eps(x, y) - w' eps(x), so their
-w' is w - 1; a "guidance scale" gamma in eps(x) + gamma (eps(x, y) - eps(x)) is w. For w other
+Nichol's classifier scale is w; Ho & Salimans write (1 + w_HS) eps(x, y) - w_HS eps(x), so
+w_HS = w - 1; the "guidance scale" w_scale of eps(x) + w_scale (eps(x, y) - eps(x)) is w. For w other
 than 0 and 1, s_w is the score of p_t(x) p_t(y | x)^w, which is *not* the diffused version of the
 tilted data density p_0(x) p_0(y | x)^w: guided sampling with w > 1 samples no known distribution
 exactly (the book checks this on a 1-D mixture).
