@@ -127,3 +127,61 @@ def test_logged_bits_per_dim_are_recomputed_with_the_logged_seed(name, test_imag
     assert (bpd_with_seed(likelihood["seed"] + 1) - logged).abs().max() > 1e-3   # another seed
     estimate = mean_and_standard_error(torch.tensor(likelihood["bpd"], dtype=torch.float64))
     assert estimate.mean == pytest.approx(likelihood["bpd_mean"], rel=1e-6)
+
+
+def _shipped_score_models():
+    """Every shipped ScoreNet other than the tutorial's mnist-ve (tested above)."""
+    from sdelib.pretrained import SHIPPED
+    return sorted(name for name in SHIPPED
+                  if name.startswith(("mnist-ve", "mnist-vp", "mnist-subvp")) and name != "mnist-ve")
+
+
+@pytest.mark.parametrize("name", _shipped_score_models())
+def test_shipped_score_model_is_its_logged_complete_run_and_beats_broken_nets(name, test_images):
+    """The file is the one its log describes, trained to the end of its schedule, and its DSM
+    loss on 256 test images (the tutorial's weighting, fixed t and z) beats an untrained net and
+    the model's own score scaled by 0.9 by more than K standard errors of the paired difference."""
+    log = json.loads((CHECKPOINT_DIR / f"{name}.json").read_text())
+    assert sha256_of(CHECKPOINT_DIR / f"{name}.pt") == log["sha256"]
+    settings = log["settings"]
+    assert log["steps"] == settings["epochs"] * (settings["dataset_size"] // settings["batch_size"])
+    assert len(log["history"]) == settings["epochs"] and log["wall_seconds"] > 0
+    model, sde = load_pretrained(name)
+    images, labels = test_images[0][:256], test_images[1][:256]
+    generator = torch.Generator().manual_seed(0)
+    t = torch.rand(256, generator=generator) * (1 - 1e-5) + 1e-5
+    z = torch.randn(images.shape, generator=generator)
+    conditional = getattr(model, "num_classes", 0) > 0
+    score = (lambda x, t_: model(x, t_, labels)) if conditional else model
+    torch.manual_seed(0)
+    untrained = ScoreNet(sde, **{k: v for k, v in log["net"].items() if k != "name"}).eval()
+    with torch.no_grad():
+        model_losses = dsm_loss(score, sde, images, t=t, z=z, reduce=False)
+        broken = [lambda x, t_: 0.9 * score(x, t_)]
+        broken.append((lambda x, t_: untrained(x, t_, labels)) if conditional else untrained)
+        for net in broken:
+            excess = mean_and_standard_error(dsm_loss(net, sde, images, t=t, z=z, reduce=False)
+                                             - model_losses)
+            assert excess.mean > K * excess.standard_error, (name, excess)
+
+
+def test_the_class_conditional_model_uses_its_labels(test_images):
+    """mnist-ve-cfg denoises better with the true label than with a wrong one (each digit's label
+    shifted by one), and better than with the null label, by K paired standard errors; the
+    unconditional score is the one for the null label."""
+    model, sde = load_pretrained("mnist-ve-cfg")
+    images, labels = test_images[0][:256], test_images[1][:256]
+    generator = torch.Generator().manual_seed(1)
+    # small and middle noise levels, where the label decides the most
+    t = torch.rand(256, generator=generator) * 0.5 + 0.05
+    z = torch.randn(images.shape, generator=generator)
+    with torch.no_grad():
+        def losses(label):
+            return dsm_loss(lambda x, t_: model(x, t_, label), sde, images, t=t, z=z,
+                            reduce=False)
+        true = losses(labels)
+        for other in ((labels + 1) % 10, torch.full_like(labels, model.null_label)):
+            excess = mean_and_standard_error(losses(other) - true)
+            assert excess.mean > K * excess.standard_error, excess
+        assert torch.equal(model(images[:4], t[:4]), model(images[:4], t[:4],
+                                                            torch.full((4,), 10)))
