@@ -13,13 +13,16 @@ Writes sdelib/results/likelihood_speed.json (machine, command, date, and the fig
 bpd_mean, bpd_standard_error, n, ...). The likelihood chapter reads it.
 
     python benchmarks/likelihood_speed.py --full-test-set [--batch 500] [--resume]
+                                          [--model mnist-ve-is --tolerance 2e-3]
 
 - The whole test set (10,000 images) with the fast path, no comparison: one dequantisation and one
   probe per image drawn up front from `--seed`, then batch after batch; the per-image bpd are written
   to sdelib/results/likelihood_full.json after every batch (with `complete`, the running mean
   ± standard error and the seconds spent), and `--resume` continues a run with the same seed and
   batch (identical images, probes and batches), so an interrupted CPU run (about 2 hours on 2
-  cores) loses at most one batch. On a GPU it is one ~minute run.
+  cores) loses at most one batch. On a GPU it is one ~minute run. `--model` measures another shipped
+  model (written to likelihood_full_<model>.json) and `--tolerance` sets rtol = atol (default
+  1e-5; 2e-3 is the tolerance the --tolerance-check accepted, bpd within 0.01).
 
     python benchmarks/likelihood_speed.py --tolerance-check 256 --fast-tol 1e-3 [--batch 256]
 
@@ -60,11 +63,11 @@ TOLERANCE = dict(rtol=1e-5, atol=1e-5, eps=1e-5)
 BF16_UNCHANGED = 0.001   # bpd: the largest mean change of the figure that still counts as unchanged
 
 
-def bpd_of(model, sde, x, probe, solver, batch, device, dtype, desc):
+def bpd_of(model, sde, x, probe, solver, batch, device, dtype, desc, tolerances=TOLERANCE):
     """bpd of the dequantised images x with fixed probes, in batches: (bpd, seconds, NFE per batch).
     `model` is any score function (the bf16 check passes a wrapped network)."""
     result = dataset_bpd(model, sde, x, probe, batch_size=batch, device=device, dtype=dtype,
-                         desc=desc, solver=solver, **TOLERANCE)
+                         desc=desc, solver=solver, **tolerances)
     return result.bpd, result.seconds, result.nfe
 
 
@@ -78,6 +81,9 @@ def main(argv=None):
     parser.add_argument("--full-test-set", action="store_true",
                         help="only the fast path's bpd of all 10,000 test images, resumable (likelihood_full.json)")
     parser.add_argument("--resume", action="store_true", help="with --full-test-set: continue an earlier run")
+    parser.add_argument("--model", default="mnist-ve", help="with --full-test-set: the shipped model")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE["rtol"],
+                        help="with --full-test-set: rtol = atol of the fast path")
     parser.add_argument("--bf16-check", type=int, default=0, metavar="N",
                         help="only compare float32 and bf16-autocast networks on N images (into likelihood_speed.json)")
     parser.add_argument("--tolerance-check", type=int, default=0, metavar="N",
@@ -89,10 +95,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = FULL_RESULTS if args.full_test_set else RESULTS
+        if args.full_test_set and args.model != "mnist-ve":
+            args.out = FULL_RESULTS.with_name(f"likelihood_full_{args.model}.json")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = default_device()
-    model, sde = load_pretrained("mnist-ve", map_location=device)
+    model, sde = load_pretrained(args.model if args.full_test_set else "mnist-ve",
+                                 map_location=device)
     images, _ = load_mnist("test")
     if args.full_test_set:
         return full_test_set(model, sde, images, args, device, argv)
@@ -151,20 +160,25 @@ def full_test_set(model, sde, images, args, device, argv):
     generator = torch.Generator().manual_seed(args.seed)
     x = dequantize(images, generator)
     probe = make_probe(x, "gaussian", generator)
-    report = {**provenance(device, "python benchmarks/likelihood_speed.py", argv), "model": "mnist-ve", "tolerances": TOLERANCE, "seed": args.seed, "batch": args.batch,
+    tolerances = dict(TOLERANCE, rtol=args.tolerance, atol=args.tolerance)
+    report = {**provenance(device, "python benchmarks/likelihood_speed.py", argv),
+              "model": args.model, "tolerances": tolerances, "seed": args.seed, "batch": args.batch,
               "images": f"all {len(images)} MNIST test images, in order", "bpd": [], "seconds": 0.0}
     if args.resume and args.out.exists():
         earlier = json.loads(args.out.read_text())
-        if [earlier.get(k) for k in ("seed", "batch", "tolerances")] == [args.seed, args.batch, TOLERANCE]:
+        if [earlier.get(k) for k in ("seed", "batch", "tolerances", "model")] == \
+                [args.seed, args.batch, tolerances, args.model]:
             report.update(bpd=earlier["bpd"], seconds=earlier["seconds"], resumed_on=earlier.get("machine"),
                           **{k: earlier[k] for k in ("note",) if k in earlier})   # a note written by hand
             print(f"resuming after {len(report['bpd'])} images", flush=True)
         else:
-            print(f"--resume: {args.out} was made with another seed / batch / tolerances; starting afresh")
+            print(f"--resume: {args.out} was made with another seed / batch / tolerances / model; "
+                  "starting afresh")
     for first in range(len(report["bpd"]), len(images), args.batch):
         part = slice(first, first + args.batch)
         bpd, seconds, _ = bpd_of(model, sde, x[part], probe[part], "torchdiffeq", args.batch, device,
-                                 torch.float32, f"images {first}-{min(first + args.batch, len(images))}")
+                                 torch.float32, f"images {first}-{min(first + args.batch, len(images))}",
+                                 tolerances)
         report["bpd"] += bpd.tolist()
         report["seconds"] += seconds
         estimate = mean_and_standard_error(torch.tensor(report["bpd"], dtype=torch.float64))
