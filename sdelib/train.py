@@ -213,9 +213,11 @@ def _train(*, model, sde, images, epochs, batch_size, lr, warmup_steps, schedule
             raise CheckpointError(f"{checkpoint} does not fit this model ({detail[:300]}); "
                                   "resume with the same net or use a new --out") from None
         step, history = state["step"], state["history"]
-        epoch_loss, epoch_count = state.get("epoch_progress", (0.0, 0))
+        # (loss sum, images, seconds) of the unfinished epoch; older checkpoints hold no seconds
+        epoch_loss, epoch_count, *earlier = state.get("epoch_progress", (0.0, 0))
+        epoch_seconds = earlier[0] if earlier else 0.0
     else:
-        epoch_loss, epoch_count = 0.0, 0
+        epoch_loss, epoch_count, epoch_seconds = 0.0, 0, 0.0
     gen_state = noise_gen.get_state()  # the state at the start of the next step (what a save stores)
 
     data = images.to(device=device, dtype=next(model.parameters()).dtype)
@@ -230,7 +232,8 @@ def _train(*, model, sde, images, epochs, batch_size, lr, warmup_steps, schedule
         return make_checkpoint(model, sde, ema=ema, history=history, step=step,
                                epoch=step / steps_per_epoch, settings=settings,
                                optimizer=optimizer.state_dict(), generator=gen_state,
-                               epoch_progress=(epoch_loss, epoch_count))
+                               epoch_progress=(epoch_loss, epoch_count,
+                                               epoch_seconds + time.monotonic() - epoch_start))
 
     def save():
         if checkpoint is not None and rank == 0:
@@ -247,7 +250,7 @@ def _train(*, model, sde, images, epochs, batch_size, lr, warmup_steps, schedule
     scaler = torch.amp.GradScaler(device.type, enabled=chosen.grad_scaler)
     local = batch_size // world
     start, last_save = time.monotonic(), time.monotonic()
-    epoch_start = time.monotonic()
+    epoch_start = time.monotonic()   # of this process's part of the epoch (+ epoch_seconds before)
     bar = tqdm(total=total_steps, initial=step, disable=not progress or rank != 0,
                desc=f"DSM {sde.name}", unit="step")
     perm, perm_epoch = None, -1
@@ -300,11 +303,12 @@ def _train(*, model, sde, images, epochs, batch_size, lr, warmup_steps, schedule
                 epoch_count += local
                 epoch_done = step % steps_per_epoch == 0
                 if epoch_done:
-                    seconds = time.monotonic() - epoch_start
+                    seconds = epoch_seconds + time.monotonic() - epoch_start
                     history.append({"epoch": epoch, "loss": epoch_loss / epoch_count,
                                     "seconds": seconds,
                                     "images_per_s": epoch_count * world / seconds})
                     epoch_loss, epoch_count, epoch_start = 0.0, 0, time.monotonic()
+                    epoch_seconds = 0.0
             bar.update(1)
             if step % 20 == 0 and epoch_count:
                 bar.set_postfix(loss=f"{epoch_loss / epoch_count:.2f}", epoch=epoch)

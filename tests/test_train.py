@@ -75,6 +75,24 @@ def test_interrupted_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
             assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
 
 
+def test_an_epoch_split_by_a_resume_is_timed_whole(tmp_path, monkeypatch):
+    """The seconds of an epoch that a resume splits count both parts: with a clock that
+    advances 1 s per step (and not otherwise), every epoch of 6 steps takes 6 s."""
+    import sdelib.train as train_module
+    clock = {"now": 0.0}
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: clock["now"])
+    original = train_module.ema_update
+
+    def ticking_ema_update(*args):
+        clock["now"] += 1.0
+        original(*args)
+
+    monkeypatch.setattr(train_module, "ema_update", ticking_ema_update)
+    tiny_run(tmp_path, "split.pt", max_steps=9)              # stops mid-epoch 1
+    resumed = tiny_run(tmp_path, "split.pt")
+    assert [entry["seconds"] for entry in resumed["history"]] == [6.0, 6.0, 6.0]
+
+
 def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_result(tmp_path, monkeypatch):
     full = tiny_run(tmp_path, "full.pt")
     calls = {"n": 0}
