@@ -27,6 +27,8 @@ RESULTS_DIR = Path(__file__).parent / "results"
 RESULT_COMMANDS = {
     "likelihood_speed.json": "python benchmarks/likelihood_speed.py",
     "likelihood_full.json": "python benchmarks/likelihood_speed.py --full-test-set",
+    "likelihood_full_mnist-ve-is.json": "python benchmarks/likelihood_speed.py --full-test-set "
+                                        "--model mnist-ve-is --tolerance 2e-3 --resume",
     "samplers.json": "python benchmarks/samplers.py",
     "samplers.png": "python benchmarks/samplers.py",
     "sampler_selection.json": "python benchmarks/samplers.py --selection",
