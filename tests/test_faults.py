@@ -22,6 +22,16 @@ REPO = Path(__file__).resolve().parents[1]
 ORIGINAL_SAVE = torch.save
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Python's own Ctrl-C handler for every test, as in a terminal: a process started in the
+    background by a shell without job control inherits SIGINT ignored, which would hide the
+    behaviour under test."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def tiny_run(out, **kwargs):
     torch.manual_seed(0)
     sde = VESDE(10.0)
