@@ -28,9 +28,9 @@ from sdelib.pretrained import load_pretrained
 from sdelib.provenance import RESULTS_DIR, provenance, write_result
 from sdelib.samplers import dpm_solver_sde
 
+from model_scores import SAMPLER   # the same <= 50-NFE sampler as every shipped model's FD
+
 RESULTS = RESULTS_DIR / "guidance.json"
-SAMPLER = {"name": "DPM-Solver++ SDE + Tweedie", "steps": 49, "order": 2, "eta": 6.0,
-           "denoise": True}
 
 
 def guided_scores(device):
