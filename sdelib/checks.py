@@ -20,7 +20,8 @@ import torch
 __all__ = ["check_positive_int", "check_int", "check_real", "check_choice", "check_bool",
            "check_callable", "check_instance", "check_generator", "check_shape",
            "check_tensor", "check_floating_tensor", "check_finite_tensor",
-           "check_batch_nonempty", "check_data", "check_score_output", "checked_score_fn",
+           "check_batch_nonempty", "check_data", "check_labels", "check_score_output",
+           "checked_score_fn",
            "FiniteSteps", "check_finite_result"]
 
 
@@ -185,6 +186,38 @@ def check_data(name: str, x) -> torch.Tensor:
     check_floating_tensor(name, x)
     check_batch_nonempty(name, x)
     return check_finite_tensor(name, x)
+
+
+def check_labels(name: str, labels, num_classes: int, *, count: int | None = None,
+                 null_label: int | None = None, null_allowed: bool = False,
+                 device=None) -> torch.Tensor:
+    """Class labels: one integer class or a 1-D tensor of them, in 0..num_classes-1, returned as
+    int64 on `device`; with `count`, one label is repeated for `count` samples and more must
+    number exactly `count`. `null_label` ("no class") is accepted if `null_allowed`, else
+    refused with its own message (guidance needs a class). The range is checked on the CPU
+    only: on a GPU the check would wait for the device."""
+    values = torch.as_tensor(labels, device=device)
+    if values.dtype.is_floating_point or values.dtype == torch.bool or values.ndim > 1:
+        raise ValueError(f"{name} must be an integer class or a 1-D tensor of them, "
+                         f"got {_got(labels)}")
+    values = values.long()
+    if count is not None:
+        if values.numel() == 1:
+            values = values.reshape(1).expand(count)
+        elif values.shape != (count,):
+            raise ValueError(f"got {values.numel()} {name} for {count} samples")
+    if values.device.type != "cpu" or not values.numel():
+        return values
+    if null_label is not None and not null_allowed and bool((values == null_label).any()):
+        raise ValueError(f"{name} {null_label} is the null label ('no class'); a class in "
+                         f"0..{num_classes - 1} is needed here")
+    allowed_max = null_label if null_allowed and null_label is not None else num_classes - 1
+    if int(values.min()) < 0 or int(values.max()) > allowed_max:
+        also = f" or be the null label {null_label}" if allowed_max != num_classes - 1 else ""
+        found = values.unique().tolist()
+        shown = ", ".join(map(str, found[:10])) + (", ..." if len(found) > 10 else "")
+        raise ValueError(f"{name} must lie in 0..{num_classes - 1}{also}, got {{{shown}}}")
+    return values
 
 
 def check_score_output(score, x: torch.Tensor, name: str = "score_fn",

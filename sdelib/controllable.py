@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from .checks import (FiniteSteps, check_callable, check_data, check_finite_result, check_int,
-                     check_real, check_tensor, checked_score_fn)
+                     check_labels, check_real, check_tensor, checked_score_fn)
 from .samplers import (SamplerResult, check_sampler_arguments, euler_maruyama_step, initial_state,
                        langevin_corrector_step, time_grid)
 from .sde import SDE, append_dims, normal_like
@@ -108,16 +108,18 @@ def inpaint(score_fn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor, *
     return SamplerResult(mask * observation + (1 - mask) * x_mean, nfe)
 
 
-def classifier_guided_score(score_fn, classifier, label, strength: float = 1.0, num_classes: int = 10):
+def classifier_guided_score(score_fn, classifier, label, strength: float = 1.0,
+                            num_classes: int = 10):
     """s(x, t) + strength * grad_x log p_t(y = label | x): the score of p_t(x | y) (paper eq. 14)
-    for strength 1, sharper for strength > 1 (Dhariwal & Nichol 2021; strength is their scale s). `classifier(x, t)` returns
-    logits of a classifier trained on noisy x_t (a noise-conditional classifier); `label` is one
-    class or one per sample. Use the result as the `score_fn` of any sampler."""
+    for strength 1, sharper for strength > 1 (Dhariwal & Nichol 2021; strength is their scale
+    s). `classifier(x, t)` returns logits of a classifier trained on noisy x_t (a
+    noise-conditional classifier); `label` is one class or one per sample. Use the result as the
+    `score_fn` of any sampler."""
     check_callable("score_fn", score_fn)
     check_callable("classifier", classifier)
     strength = check_real("guidance strength", strength, low=0.0)
     num_classes = check_int("num_classes", num_classes, minimum=1)
-    labels = _check_class_labels(label, num_classes)
+    labels = check_labels("label", label, num_classes)
 
     def guided_score(x, t):
         score = score_fn(x, t)
@@ -131,18 +133,6 @@ def classifier_guided_score(score_fn, classifier, label, strength: float = 1.0, 
         return score + strength * grad.to(score.dtype)
 
     return guided_score
-
-
-def _check_class_labels(label, num_classes: int, null_label: int | None = None) -> torch.Tensor:
-    labels = torch.as_tensor(label)
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim > 1:
-        raise ValueError(f"label must be an integer class or a 1-D tensor of them, got {label!r}")
-    if null_label is not None and bool((labels == null_label).any()):
-        raise ValueError(f"label {null_label} is the null label ('no class'); guidance needs a "
-                         f"class in 0..{num_classes - 1}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"class labels must lie in 0..{num_classes - 1}, got {labels.tolist()}")
-    return labels.long()
 
 
 def classifier_free_guided_score(conditional_score_fn, label, strength: float = 1.0, *,
@@ -160,7 +150,7 @@ def classifier_free_guided_score(conditional_score_fn, label, strength: float = 
     strength = check_real("guidance strength", strength, low=0.0)
     num_classes = check_int("num_classes", num_classes, minimum=1)
     null_label = num_classes if null_label is None else check_int("null_label", null_label)
-    labels = _check_class_labels(label, num_classes, null_label)
+    labels = check_labels("label", label, num_classes, null_label=null_label)
 
     def guided_score(x, t):
         batch = x.shape[0]

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from .checks import check_int, check_real
+from .checks import check_int, check_labels, check_real
 from .sde import SDE, check_batch, append_dims, sde_from_config
 
 __all__ = ["NOISE_INPUTS", "ScoreNet", "MLPScoreNet", "MNISTClassifier",
@@ -163,14 +163,18 @@ class ScoreNet(nn.Module):
         0..num_classes - 1 or the null label `null_label`, one or one per image; None: the
         null label, i.e. the unconditional score)."""
         if x.ndim != 4 or x.shape[1:] != (self.image_channels, 28, 28):
-            raise ValueError(f"ScoreNet expects images of shape (batch, {self.image_channels}, 28, 28), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(f"ScoreNet expects images of shape (batch, {self.image_channels}, "
+                             f"28, 28), got {tuple(x.shape)}")
         check_batch(x, t)
         check_positive_time("ScoreNet", t)
         t = t.expand(x.shape[0]) if t.ndim == 1 and t.shape[0] == 1 else t
         embed = self.embed(noise_condition(self.sde, t, self.noise_input, self.noise_eps))
         if self.num_classes:
-            embed = embed + self.label_embed(self._labels(label, x))
+            labels = (torch.full((x.shape[0],), self.null_label, device=x.device) if label is None
+                      else check_labels("labels", label, self.num_classes, count=x.shape[0],
+                                        null_label=self.null_label, null_allowed=True,
+                                        device=x.device))
+            embed = embed + self.label_embed(labels)
         elif label is not None:
             raise ValueError("this ScoreNet is not class-conditional (num_classes = 0): "
                              "call it without a label")
@@ -184,23 +188,6 @@ class ScoreNet(nn.Module):
         h = swish(self.tgnorm2(self.tconv2(torch.cat([h, h2], dim=1)) + self.dense7(embed)))
         h = self.tconv1(torch.cat([h, h1], dim=1))
         return h / append_dims(self.sde.marginal_std(t), h.ndim).to(h.dtype)
-
-    def _labels(self, label, x: torch.Tensor) -> torch.Tensor:
-        """`label` as one int64 label per image, checked (on the CPU: a GPU check would wait)."""
-        if label is None:
-            return torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
-        labels = torch.as_tensor(label, device=x.device)
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim > 1:
-            raise ValueError(f"label must be an integer class or a 1-D tensor of them, "
-                             f"got {label!r}")
-        labels = labels.long().expand(x.shape[0]) if labels.numel() == 1 else labels.long()
-        if labels.shape != (x.shape[0],):
-            raise ValueError(f"got {labels.numel()} labels for {x.shape[0]} images")
-        if x.device.type == "cpu" and labels.numel() and (
-                int(labels.min()) < 0 or int(labels.max()) > self.null_label):
-            raise ValueError(f"labels must lie in 0..{self.num_classes - 1} (classes) or be the "
-                             f"null label {self.null_label}, got {labels.unique().tolist()}")
-        return labels
 
     def config(self) -> dict:
         config = {"name": "ScoreNet", "channels": list(self.channels), "embed_dim": self.embed_dim,

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .checks import (check_bool, check_choice, check_data, check_instance, check_int,
-                     check_positive_int, check_real, check_tensor)
+                     check_labels, check_positive_int, check_real, check_tensor)
 from .device import Precision, autocast, default_device
 from .losses import WEIGHTINGS, dsm_loss, importance_weight, sample_time
 from .metrics import classifier_accuracy
@@ -151,7 +151,9 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     check_data("images", images)                         # once: NaN in the data, not per step
     num_classes = getattr(model, "num_classes", 0)
     if num_classes:
-        labels = _check_labels(labels, images, num_classes)
+        if labels is None:
+            raise ValueError("a class-conditional model needs labels: one class per image")
+        labels = check_labels("labels", labels, num_classes, count=images.shape[0])
         label_dropout = check_real("label_dropout", label_dropout, low=0.0, high=1.0)
     elif labels is not None:
         raise ValueError("labels were given but the model is not class-conditional; build it "
@@ -412,21 +414,6 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
                            settings={"epochs": epochs, "batch_size": batch_size, "lr": lr,
                                      "seed": seed, "shift": shift, "schedule": "cosine",
                                      "dataset_size": n})
-
-
-def _check_labels(labels, images: torch.Tensor, num_classes: int) -> torch.Tensor:
-    if labels is None:
-        raise ValueError("a class-conditional model needs labels: one class per image")
-    check_tensor("labels", labels)
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim != 1:
-        raise ValueError(f"labels must be a 1-D integer tensor, got dtype {labels.dtype}, "
-                         f"shape {tuple(labels.shape)}")
-    if labels.shape[0] != images.shape[0]:
-        raise ValueError(f"got {labels.shape[0]} labels for {images.shape[0]} images")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
-    return labels.long()
 
 
 def _check_compatible(state: dict, model: nn.Module, sde: SDE) -> None:

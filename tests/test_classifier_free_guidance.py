@@ -6,9 +6,11 @@ Tolerances: exact scores are compared at float64 round-off (1e-10 relative); the
 fraction at 4.5 binomial standard errors; each check has a negative control that must fail it."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from sdelib.checks import check_labels
 from sdelib.controllable import classifier_free_guided_score, classifier_guided_score
 from sdelib.data import GaussianMixture
 from sdelib.nets import ScoreNet, net_from_config
@@ -98,6 +100,21 @@ def test_guidance_refuses_labels_that_are_not_classes(label, message):
 def test_guidance_refuses_a_negative_strength():
     with pytest.raises(ValueError, match="strength"):
         classifier_free_guided_score(exact_conditional_score, 0, -0.5, num_classes=3)
+
+
+# --- the one label check every caller uses -------------------------------------------------------
+def test_one_label_is_repeated_and_a_list_is_taken_as_is():
+    assert check_labels("labels", 3, 10, count=4).tolist() == [3, 3, 3, 3]
+    assert check_labels("labels", [1, 2], 10, count=2).dtype == torch.int64
+    assert check_labels("labels", np.array([0, 9]), 10).tolist() == [0, 9]
+
+
+def test_the_null_label_is_accepted_only_where_allowed():
+    assert check_labels("labels", [10], 10, null_label=10, null_allowed=True).tolist() == [10]
+    with pytest.raises(ValueError, match="null label"):
+        check_labels("labels", [10], 10, null_label=10)
+    with pytest.raises(ValueError, match=r"0\.\.9, got \{10\}"):
+        check_labels("labels", [10], 10)
 
 
 # --- the class-conditional ScoreNet ---------------------------------------------------------------
