@@ -44,7 +44,7 @@ def bpd_entry(model, sde, images, seed, tolerance, batch, device):
     check = dataset_bpd(model, sde, x[:CHECK_IMAGES], probe[:CHECK_IMAGES], batch_size=CHECK_IMAGES,
                         device=device, solver="torchdiffeq", eps=1e-5, rtol=tolerance,
                         atol=tolerance, progress=False)
-    return {"check_bpd": [round(v, 6) for v in check.bpd.tolist()],"bpd_mean": estimate.mean, "bpd_standard_error": estimate.standard_error,
+    return {"check_bpd": [round(v, 6) for v in check.bpd.tolist()], "bpd_mean": estimate.mean, "bpd_standard_error": estimate.standard_error,
             "n": estimate.n, "seed": seed, "tolerance": tolerance, "batch": batch,
             "images": f"the first {estimate.n} MNIST test images", "seconds": result.seconds,
             "bpd": [round(v, 6) for v in result.bpd.tolist()]}

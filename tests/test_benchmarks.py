@@ -230,3 +230,42 @@ def test_model_bpd_entry_logs_every_image_with_its_seed():
     again = dataset_bpd(net, sde, x, make_probe(x, "gaussian", generator), batch_size=2,
                         solver="torchdiffeq", eps=1e-5, rtol=1e-2, atol=1e-2, progress=False)
     assert entry["bpd"] == [round(v, 6) for v in again.bpd.tolist()]
+
+
+TRAIN_SPEED_SPEC = importlib.util.spec_from_file_location(
+    "train_speed", Path(__file__).parents[1] / "benchmarks" / "train_speed.py")
+train_speed = importlib.util.module_from_spec(TRAIN_SPEED_SPEC)
+TRAIN_SPEED_SPEC.loader.exec_module(train_speed)
+
+
+def run_to_bpd(monkeypatch, bpd_per_slice, epochs=10):
+    """fast_to_bpd with a training slice that takes 100 steps and an evaluation that reads
+    `bpd_per_slice`; returns its result and the number of slices trained."""
+    import torch
+    slices = []
+
+    def fake_train(model, sde, images, checkpoint, time_budget, **options):
+        slices.append(time_budget)
+        return {"step": 100 * len(slices)}
+
+    monkeypatch.setattr(train_speed, "train", fake_train)
+    monkeypatch.setattr(train_speed, "model_from_checkpoint",
+                        lambda state, map_location: (torch.nn.Identity(), None))
+    monkeypatch.setattr(train_speed, "bpd_of",
+                        lambda *a, **k: (bpd_per_slice[len(slices) - 1], 0.05))
+    args = argparse.Namespace(epochs=epochs, batch_size=10, lr=1e-3, bf16=False,
+                              channels_last=False, compile=False, eval_every=5.0,
+                              bpd_tolerance=1e-3, bpd_target=3.9)
+    images = torch.zeros(1000, 1, 28, 28)              # 100 steps per epoch of batch 10
+    return train_speed.fast_to_bpd(images, None, "cpu", args), len(slices)
+
+
+def test_time_to_bpd_stops_at_the_first_evaluation_at_the_target(monkeypatch):
+    (seconds, rate, trace), slices = run_to_bpd(monkeypatch, [5.0, 4.2, 3.9, 3.0])
+    assert slices == 3 and [row["bpd"] for row in trace] == [5.0, 4.2, 3.9]
+    assert seconds == trace[-1]["training_seconds"] and rate == 300 * 10 / seconds
+
+
+def test_time_to_bpd_is_none_when_the_schedule_ends_first(monkeypatch):
+    (seconds, _, trace), slices = run_to_bpd(monkeypatch, [5.0, 4.5, 4.0, 3.0], epochs=2)
+    assert seconds is None and slices == 2 and trace[-1]["step"] == 200
