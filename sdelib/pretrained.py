@@ -259,7 +259,8 @@ def _sidecar(path: Path, required: bool = False, advice: str = "") -> dict | Non
 
 
 def model_from_checkpoint(path_or_state, use_ema: bool = True, map_location="cpu"):
-    """Rebuild (model, sde) from a checkpoint; the EMA weights by default. Model in eval mode.
+    """Rebuild (model, sde) from a checkpoint; the EMA weights by default. Model in eval mode, on
+    the device its weights were loaded to (`map_location`, or a dict's own device).
 
     A path with a JSON log beside it (`export_pretrained`'s `<stem>.json`, holding a sha256) is
     checked against that hash first, and its SDE and net must agree with the file's."""
@@ -290,6 +291,11 @@ def _model_from_state(state: dict, use_ema: bool, where: str):
         raise CheckpointError(f"{where} has net {state['net']} and SDE {state['sde']}, which "
                               f"build no model: {type(exc).__name__}: {exc}") from None
     weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
+    # the model where its weights were loaded (`map_location`): a GPU model from a GPU load
+    devices = {w.device for w in weights.values() if torch.is_tensor(w)} if isinstance(
+        weights, dict) else set()
+    if len(devices) == 1:
+        model.to(devices.pop())
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -319,7 +325,8 @@ def export_pretrained(train_checkpoint: str | Path, out: str | Path, extra_log: 
 
 
 def load_pretrained(name: str = "mnist-ve", map_location="cpu"):
-    """The model shipped in `sdelib/checkpoints/<name>.pt` and its SDE, after checking its sha256."""
+    """The model shipped in `sdelib/checkpoints/<name>.pt` and its SDE, after checking its sha256;
+    the model on `map_location` (e.g. `default_device()`), in eval mode."""
     path = CHECKPOINT_DIR / f"{name}.pt"
     meta_path = path.with_suffix(".json")
     command = SHIPPED[name][1] if name in SHIPPED else f"python -m sdelib.train --export {name} ..."

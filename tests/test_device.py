@@ -52,3 +52,16 @@ def test_default_device_is_the_gpu_only_when_there_is_one(monkeypatch):
     assert default_device() == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert default_device() == torch.device("cuda")
+
+
+def test_a_loaded_model_lives_where_its_weights_were_loaded():
+    """load_pretrained(..., map_location=DEVICE) gives a model on DEVICE (here the 'meta' device
+    stands in for a GPU: no memory, but a device of its own), not a CPU model with GPU weights
+    copied into it."""
+    from sdelib.pretrained import (CHECKPOINT_DIR, load_checkpoint, load_pretrained,
+                                   model_from_checkpoint)
+    model, _ = load_pretrained("mnist-ve", map_location="meta")
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    state = load_checkpoint(CHECKPOINT_DIR / "mnist-ve.pt", "meta")
+    assert {p.device.type for p in model_from_checkpoint(state)[0].parameters()} == {"meta"}
+    assert {p.device.type for p in load_pretrained("mnist-ve")[0].parameters()} == {"cpu"}
