@@ -25,9 +25,12 @@ import torch
 __all__ = ["default_device", "Precision", "precision", "autocast", "cpu_has_avx512_bf16",
            "CPU_BF16_MEASURED_FASTER"]
 
-# bf16 autocast of the ScoreNet's training step is slower than float32 on the 2-core avx512_bf16 CPU
-# this was measured on (benchmarks/train_speed.py, batch 128, channels-last: 346 against 526
-# images/s, sdelib/results/train_speed_cpu_{bf16,fp32}.json): float32 stays the CPU choice.
+# bf16 autocast of the ScoreNet's training step on the 2-core avx512_bf16 CPU this was measured on
+# (benchmarks/train_speed.py, batch 128, idle CPU): with channels-last slower than float32 (392
+# against 637 images/s, sdelib/results/train_speed_cpu_{bf16,to_quality}.json), in the default
+# memory layout faster (834 images/s, train_speed_cpu_bf16_nchw.json). Its loss curve and its
+# bits/dim at small noise have not been compared with float32's yet, so float32 stays the CPU
+# choice until they have.
 CPU_BF16_MEASURED_FASTER = False
 
 
