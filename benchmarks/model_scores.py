@@ -5,10 +5,12 @@
 
 - Bits/dim of the first --bpd-images MNIST test images: uniformly dequantised, one Gaussian
   Hutchinson probe per image, both drawn up front from --seed (`likelihood.dataset_bpd`, torchdiffeq
-  dopri5 at rtol = atol = --tolerance, eps = 1e-5); mean ± standard error and every image's value.
+  dopri5 at rtol = atol = --tolerance, from the model's training eps: 1e-5 for the VE models);
+  mean ± standard error and every image's value.
 - Fréchet distance (in the shipped classifier's features, not Inception FID) of --fd-samples samples
   against the 10,000 test images, with the best <= 50-NFE sampler of the sampler sweep
-  (SDE-DPM-Solver++(2M), eta 6, 49 steps + a Tweedie step), bootstrap standard error.
+  (SDE-DPM-Solver++(2M), eta 6, 49 steps + a Tweedie step), bootstrap standard error. Every SDE
+  stops at the same noise level, sigma~ = 0.032 (the VE tutorial's t = 1e-3).
 Writes the model's entry of sdelib/results/models.json (keeping the other models' entries), with the
 machine, command and date; the likelihood chapter reads it.
 """
@@ -26,34 +28,43 @@ from sdelib.metrics import (bootstrap_standard_error, classifier_features, frech
 from sdelib.pretrained import CHECKPOINT_DIR, load_pretrained
 from sdelib.provenance import RESULTS_DIR, provenance, write_result
 from sdelib.samplers import dpm_solver_sde
+from sdelib.sde import VESDE
 
 RESULTS = RESULTS_DIR / "models.json"
 CHECK_IMAGES = 4
 SAMPLER = {"name": "DPM-Solver++ SDE + Tweedie", "steps": 49, "order": 2, "eta": 6.0, "denoise": True}
 
 
-def bpd_entry(model, sde, images, seed, tolerance, batch, device):
+def bpd_entry(model, sde, images, seed, tolerance, batch, device, eps):
     generator = torch.Generator().manual_seed(seed)
     x = dequantize(images, generator)
     probe = make_probe(x, "gaussian", generator)
     result = dataset_bpd(model, sde, x, probe, batch_size=batch, device=device, solver="torchdiffeq",
-                         eps=1e-5, rtol=tolerance, atol=tolerance, desc="bits/dim")
+                         eps=eps, rtol=tolerance, atol=tolerance, desc="bits/dim")
     estimate = mean_and_standard_error(result.bpd.double())
     # the first CHECK_IMAGES again as a batch of their own: what a test recomputes exactly (the
     # adaptive solver's steps depend on the whole batch, so the big batches are not recomputed)
     check = dataset_bpd(model, sde, x[:CHECK_IMAGES], probe[:CHECK_IMAGES], batch_size=CHECK_IMAGES,
-                        device=device, solver="torchdiffeq", eps=1e-5, rtol=tolerance,
+                        device=device, solver="torchdiffeq", eps=eps, rtol=tolerance,
                         atol=tolerance, progress=False)
     return {"check_bpd": [round(v, 6) for v in check.bpd.tolist()], "bpd_mean": estimate.mean, "bpd_standard_error": estimate.standard_error,
-            "n": estimate.n, "seed": seed, "tolerance": tolerance, "batch": batch,
+            "n": estimate.n, "seed": seed, "tolerance": tolerance, "eps": eps, "batch": batch,
             "images": f"the first {estimate.n} MNIST test images", "seconds": result.seconds,
             "bpd": [round(v, 6) for v in result.bpd.tolist()]}
+
+
+def sampling_eps(sde):
+    """The time at which sde's noise level is the VE tutorial's at t = 1e-3 (sigma~ = 0.032): the
+    samplers of every SDE stop at the same noise."""
+    end = VESDE(25.0).scaled_std(torch.tensor(1e-3, dtype=torch.float64))
+    return float(f"{float(sde.time_of_scaled_std(end)):.6g}")  # VE: 0.001, VP: 0.0062011
 
 
 def fd_entry(model, sde, n, seed, device, batch=500):
     classifier, _ = load_pretrained("mnist-classifier", map_location=device)
     reference = classifier_features(classifier, load_mnist("test")[0])
     settings = {k: v for k, v in SAMPLER.items() if k != "name"}
+    settings["eps"] = sampling_eps(sde)
     parts, start = [], time.perf_counter()
     for i, first in enumerate(range(0, n, batch)):
         generator = torch.Generator(device=device).manual_seed(seed * 1000 + i)
@@ -66,7 +77,8 @@ def fd_entry(model, sde, n, seed, device, batch=500):
             "frechet_standard_error": bootstrap_standard_error(
                 frechet_distance, features, reference, n_boot=20,
                 generator=torch.Generator().manual_seed(seed)),
-            "n": n, "sampler": SAMPLER, "nfe": result.nfe, "seconds": time.perf_counter() - start}
+            "n": n, "sampler": {**SAMPLER, "eps": settings["eps"]}, "nfe": result.nfe,
+            "seconds": time.perf_counter() - start}
 
 
 def merge(path, name, entry):
@@ -95,7 +107,7 @@ def main(argv=None):
     entry = {**provenance(device, "python benchmarks/model_scores.py", argv),
              "sha256": log["sha256"], "sde": log["sde"], "net": log["net"]}
     entry["likelihood"] = bpd_entry(model, sde, load_mnist("test")[0][:args.bpd_images], args.seed,
-                                    args.tolerance, args.batch, device)
+                                    args.tolerance, args.batch, device, log["settings"]["eps"])
     print(f"{args.model}: {entry['likelihood']['bpd_mean']:.3f} ± "
           f"{entry['likelihood']['bpd_standard_error']:.3f} bits/dim", flush=True)
     if args.fd_samples:

@@ -62,6 +62,18 @@ SHIPPED = {
                     "--channels-last --weighting likelihood --importance-sampling "
                     "--noise-input log_sigma --dequantize --out mnist-ve-is-train.pt "
                     "--export mnist-ve-is"),
+    "mnist-vp": ("ScoreNet for the VP SDE (beta 0.1 to 20) with mnist-ve-is's likelihood recipe, "
+                 "trained from eps = 1e-4, where sigma~ is VE's sigma~(1e-5)",
+                 "python -m sdelib.train --sde vp --eps 1e-4 --epochs 30 --batch-size 128 "
+                 "--lr 5e-4 --channels-last --weighting likelihood --importance-sampling "
+                 "--noise-input log_sigma --dequantize --out mnist-vp-train.pt "
+                 "--export mnist-vp"),
+    "mnist-subvp": ("ScoreNet for the sub-VP SDE (beta 0.1 to 20) with mnist-ve-is's likelihood "
+                    "recipe, trained from eps = 0.0135, where sigma~ is VE's sigma~(1e-5)",
+                    "python -m sdelib.train --sde subvp --eps 0.0135 --epochs 30 "
+                    "--batch-size 128 --lr 5e-4 --channels-last --weighting likelihood "
+                    "--importance-sampling --noise-input log_sigma --dequantize "
+                    "--out mnist-subvp-train.pt --export mnist-subvp"),
     "mnist-ve-cfg": ("class-conditional ScoreNet for the tutorial's VE SDE with a null label, "
                      "for classifier-free guidance",
                      "python -m sdelib.train --sde ve --epochs 20 --batch-size 128 --lr 5e-4 "

@@ -505,7 +505,9 @@ def main(argv=None) -> None:
     if args.subset:
         images, labels = images[:args.subset], labels[:args.subset]
     torch.manual_seed(args.seed)  # the Fourier features of a new net
-    model = ScoreNet(sde, noise_input=args.noise_input,
+    # a log-sigma net normalises its noise input over the noise levels it is trained on
+    noise = dict(noise_eps=args.eps) if args.noise_input == "log_sigma" else {}
+    model = ScoreNet(sde, noise_input=args.noise_input, **noise,
                      num_classes=10 if args.class_conditional else 0)
     conditional = dict(labels=labels, label_dropout=args.label_dropout) \
         if args.class_conditional else {}

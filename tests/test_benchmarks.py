@@ -223,13 +223,27 @@ def test_model_bpd_entry_logs_every_image_with_its_seed():
     net = ScoreNet(sde, channels=(32, 32, 32, 32), embed_dim=16).eval().requires_grad_(False)
     images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1)).round()
     entry = model_scores.bpd_entry(net, sde, images, seed=7, tolerance=1e-2, batch=2,
-                                   device=torch.device("cpu"))
+                                   device=torch.device("cpu"), eps=1e-5)
     assert entry["n"] == 3 and len(entry["bpd"]) == 3 and entry["seed"] == 7
+    assert entry["eps"] == 1e-5
     generator = torch.Generator().manual_seed(7)
     x = dequantize(images, generator)
     again = dataset_bpd(net, sde, x, make_probe(x, "gaussian", generator), batch_size=2,
                         solver="torchdiffeq", eps=1e-5, rtol=1e-2, atol=1e-2, progress=False)
     assert entry["bpd"] == [round(v, 6) for v in again.bpd.tolist()]
+
+
+def test_every_sde_stops_sampling_at_the_ve_tutorials_noise_level():
+    """sampling_eps gives VE the tutorial's t = 1e-3 exactly and VP / sub-VP the times at which
+    their sigma~ is VE's there (0.032), to the 6 digits it keeps."""
+    import torch
+    from sdelib.sde import SubVPSDE, VESDE, VPSDE
+    assert model_scores.sampling_eps(VESDE(25.0)) == 1e-3
+    target = VESDE(25.0).scaled_std(torch.tensor(1e-3, dtype=torch.float64))
+    for sde in (VPSDE(), SubVPSDE()):
+        t = model_scores.sampling_eps(sde)
+        sigma = sde.scaled_std(torch.tensor(t, dtype=torch.float64))
+        assert t > 1e-3 and abs(sigma / target - 1) < 1e-5, (sde, t)
 
 
 TRAIN_SPEED_SPEC = importlib.util.spec_from_file_location(

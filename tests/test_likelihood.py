@@ -46,6 +46,22 @@ def test_ode_likelihood_with_scaled_score_is_visibly_wrong():
     assert (result.log_p - truth).abs().mean() > 0.05
 
 
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE()], ids=["vp", "subvp"])
+def test_a_large_eps_gives_the_density_of_the_data_plus_scaled_noise(sde):
+    # With eps = 0.3, m(eps) is 0.63 (VP): the model's x_0 = x(eps) / m(eps) is the data plus
+    # sigma~(eps) z, so its density is N(mu, Sigma + sigma~^2 I) in closed form.
+    eps, x = 0.3, points()
+    result = ode_likelihood(DATA.score_fn(sde), sde, x, eps=eps, divergence="exact",
+                            rtol=1e-7, atol=1e-7, prior_logp=exact_prior(DATA, sde))
+    sigma = float(sde.scaled_std(torch.tensor(eps, dtype=torch.float64)))
+    truth = torch.distributions.MultivariateNormal(
+        DATA.means[0], DATA.covs[0] + sigma ** 2 * torch.eye(2, dtype=torch.float64)).log_prob(x)
+    assert (result.log_p - truth).abs().max() < 1e-4              # the solver's error, as above
+    # the density of x(eps) read at x itself, without the change of variables, is far off
+    uncorrected = DATA.log_prob(x, sde, torch.full((x.shape[0],), eps, dtype=torch.float64))
+    assert (uncorrected - truth).abs().mean() > 0.1
+
+
 def test_prior_approximation_error_is_the_kl_of_p1_from_the_prior():
     """Song et al. 2021, Appendix D.2: replacing p_1 by the prior N(0, std(1)^2 I) for VE sigma = 25 costs, averaged over
     x ~ p_0, exactly KL(p_1 || prior) nats (about |mu|^2 / (2 std(1)^2) when std(1) is large)."""

@@ -11,7 +11,7 @@ from helpers import assert_close
 
 from sdelib import train as train_module
 from sdelib.data import ring_mixture
-from sdelib.nets import MLPScoreNet, MNISTClassifier, NoiseConditionalClassifier, ScoreNet, count_parameters, net_from_config
+from sdelib.nets import MLPScoreNet, MNISTClassifier, NoiseConditionalClassifier, ScoreNet, count_parameters, net_from_config, noise_condition
 from sdelib.sde import GeometricVESDE, SubVPSDE, VESDE, VPSDE
 from sdelib import pretrained as pretrained_module
 from sdelib.metrics import classifier_accuracy
@@ -255,6 +255,27 @@ def test_cli_trains_and_exports_a_class_conditional_net_with_its_labels(tmp_path
     model, _ = load_pretrained("tiny-cfg")
     assert model.num_classes == 10 and model.null_label == 10
     assert count_parameters(model) == 1_115_425 + 11 * 256     # one vector per class and null
+
+
+def test_cli_log_sigma_net_is_normalised_over_the_noise_levels_it_is_trained_on(tmp_path,
+                                                                                monkeypatch):
+    """With --eps 0.0135 (sub-VP) the net's noise input maps sigma~(0.0135) to 0, not
+    sigma~(1e-5): the training times' range is the [0, 1] of its time embedding."""
+    import sdelib.data
+
+    images = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(sdelib.data, "load_mnist", lambda split: (images, torch.zeros(16)))
+    train_module.main(["--sde", "subvp", "--eps", "0.0135", "--epochs", "1", "--batch-size",
+                       "16", "--warmup-steps", "1", "--device", "cpu", "--noise-input",
+                       "log_sigma", "--out", str(tmp_path / "run.pt")])
+    state = load_checkpoint(tmp_path / "run.pt")
+    assert state["net"]["noise_eps"] == state["settings"]["eps"] == 0.0135
+    model, sde = model_from_checkpoint(state)
+    ends = torch.tensor([0.0135, 1.0])
+    assert torch.allclose(noise_condition(sde, ends, "log_sigma", model.noise_eps),
+                          torch.tensor([0.0, 1.0]), atol=1e-6)
+    # the default would have put the training range's bottom well above 0
+    assert noise_condition(sde, ends[:1], "log_sigma", 1e-5).item() > 0.3
 
 
 def test_train_rejects_integer_images(tmp_path):
