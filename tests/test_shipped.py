@@ -44,7 +44,7 @@ def test_shipped_score_model_is_the_logged_file_and_meets_the_loss_bound(test_im
     # an untrained net and the model's score scaled by 0.9 cannot meet the bound, and each is
     # worse than the model by more than K standard errors of the paired difference.
     generator = torch.Generator().manual_seed(0)
-    eps = settings["eps"]                                # the times it was trained on
+    eps = log["settings"]["eps"]                             # the times it was trained on
     t = torch.rand(256, generator=generator) * (1 - eps) + eps
     z = torch.randn(images.shape, generator=generator)
     torch.manual_seed(0)
