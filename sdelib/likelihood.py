@@ -121,8 +121,7 @@ def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
     log_jacobian = x[0].numel() * math.log(mean_coeff)
     # scipy integrates in float64 anyway: keep the log-density there; torchdiffeq keeps x's dtype.
     logp_dtype = torch.float64 if solver == "scipy" else x.dtype
-    start = x.detach() if mean_coeff == 1.0 else mean_coeff * x.detach()
-    state = (start, torch.zeros(batch, device=x.device, dtype=logp_dtype))
+    state = (mean_coeff * x.detach(), torch.zeros(batch, device=x.device, dtype=logp_dtype))
     (z, delta_logp), nfe = solve(lambda s, t_vec: drift_and_divergence(s[0], t_vec), state, eps,
                                  sde.T, solver=solver, method=method, rtol=rtol, atol=atol,
                                  max_nfe=max_nfe, what="likelihood ODE")
