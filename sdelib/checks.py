@@ -20,7 +20,8 @@ import torch
 __all__ = ["check_positive_int", "check_int", "check_real", "check_choice", "check_bool",
            "check_callable", "check_instance", "check_generator", "check_shape",
            "check_tensor", "check_floating_tensor", "check_finite_tensor",
-           "check_batch_nonempty", "check_data", "check_labels", "check_score_output",
+           "check_batch_nonempty", "check_data", "check_labels", "check_weights",
+           "check_covariances", "check_score_output",
            "checked_score_fn",
            "FiniteSteps", "check_finite_result"]
 
@@ -218,6 +219,63 @@ def check_labels(name: str, labels, num_classes: int, *, count: int | None = Non
         shown = ", ".join(map(str, found[:10])) + (", ..." if len(found) > 10 else "")
         raise ValueError(f"{name} must lie in 0..{num_classes - 1}{also}, got {{{shown}}}")
     return values
+
+
+def check_weights(name: str, weights, count: int) -> torch.Tensor:
+    """`count` finite, non-negative weights, not all zero (e.g. a mixture's), returned in float64
+    and normalised to sum to 1."""
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if w.shape != (count,):
+        raise ValueError(f"{name} must hold {count} numbers (one per component), got shape "
+                         f"{tuple(w.shape)}")
+    got = w.tolist()[:10] + (["..."] if count > 10 else [])
+    got = "[" + ", ".join(map(str, got)) + "]"
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(f"{name} must be finite, got {got}")
+    if bool((w < 0).any()):
+        raise ValueError(f"{name} must be non-negative, got {got}")
+    total = w.sum()
+    if not bool(total > 0):
+        raise ValueError(f"{name} must not all be 0 (they are normalised to sum to 1), got {got}")
+    if not bool(torch.isfinite(total)):
+        raise ValueError(f"{name} sum to inf (they are normalised to sum to 1): rescale them, "
+                         f"got {got}")
+    return w / total
+
+
+def _first(mask: torch.Tensor) -> int | None:
+    """The index of the first True in a 1-D mask, None if none."""
+    found = mask.nonzero().flatten()
+    return int(found[0]) if found.numel() else None
+
+
+def check_covariances(name: str, covs, rtol: float = 1e-5) -> torch.Tensor:
+    """A batch (K, D, D) of symmetric positive definite matrices, returned in float64 and made
+    exactly symmetric, (C + C^T) / 2. Symmetric means |C - C^T| <= rtol max |C| entrywise (float32
+    arithmetic leaves a symmetric matrix this close); positive definite, that a Cholesky
+    factorisation in float64 succeeds. The message names the first bad component."""
+    covs = torch.as_tensor(covs, dtype=torch.float64)
+
+    def shown(k):
+        return f": {covs[k].tolist()}" if covs.shape[-1] <= 4 else ""
+
+    k = _first(~torch.isfinite(covs).flatten(1).all(dim=1))
+    if k is not None:
+        raise ValueError(f"{name}[{k}] (component {k}) has NaN or infinite entries{shown(k)}")
+    scale = covs.abs().amax(dim=(-2, -1))
+    asymmetry = (covs - covs.transpose(-2, -1)).abs().amax(dim=(-2, -1))
+    k = _first(asymmetry > rtol * scale)
+    if k is not None:
+        raise ValueError(f"{name}[{k}] (component {k}) must be symmetric, but C - C^T has entries "
+                         f"up to {float(asymmetry[k]):.3g} for entries of C up to "
+                         f"{float(scale[k]):.3g}{shown(k)}")
+    covs = (covs + covs.transpose(-2, -1)) / 2
+    k = _first(torch.linalg.cholesky_ex(covs).info != 0)
+    if k is not None:
+        smallest = float(torch.linalg.eigvalsh(covs[k])[0])
+        raise ValueError(f"{name}[{k}] (component {k}) must be positive definite, but its "
+                         f"smallest eigenvalue is {smallest:.3g}{shown(k)}")
+    return covs
 
 
 def check_score_output(score, x: torch.Tensor, name: str = "score_fn",

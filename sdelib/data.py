@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checks import check_covariances, check_weights
 from .provenance import sha256
 from .sde import SDE, check_batch
 
@@ -147,7 +148,8 @@ class GaussianMixture:
     """p_0(x) = sum_k w_k N(x; mu_k, Sigma_k) in D dimensions.
 
     means: (K, D); covs: (K, D, D), or (K, D) for diagonal covariances, or None for identities;
-    weights: (K,), default uniform. All in float64, so tests compare against truth without float32 noise."""
+    weights: (K,), default uniform. All in float64, so tests compare against truth without float32 noise.
+    Each covariance must be symmetric positive definite, the weights finite, >= 0 and not all 0."""
 
     def __init__(self, means, covs=None, weights=None):
         self.means = torch.as_tensor(means, dtype=torch.float64)
@@ -161,12 +163,9 @@ class GaussianMixture:
             covs = torch.diag_embed(covs)
         if covs.shape != (K, D, D):
             raise ValueError(f"covs must have shape ({K}, {D}, {D}), got {tuple(covs.shape)}")
-        self.covs = covs.clone()
+        self.covs = check_covariances("covs", covs)          # a new tensor, made symmetric
         weights = torch.full((K,), 1.0 / K, dtype=torch.float64) if weights is None else weights
-        self.weights = torch.as_tensor(weights, dtype=torch.float64)
-        if self.weights.shape != (K,) or (self.weights < 0).any():
-            raise ValueError("weights must be K non-negative numbers")
-        self.weights = self.weights / self.weights.sum()
+        self.weights = check_weights("weights", weights, K)
 
     @property
     def dim(self) -> int:

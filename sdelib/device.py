@@ -17,13 +17,14 @@ setup cell and moves its networks there (samplers and the likelihood follow thei
 from __future__ import annotations
 
 import contextlib
+import platform
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 __all__ = ["default_device", "Precision", "precision", "autocast", "cpu_has_avx512_bf16",
-           "CPU_BF16_MEASURED_FASTER"]
+           "cpu_description", "CPU_BF16_MEASURED_FASTER"]
 
 # bf16 autocast of the ScoreNet's training step on the 2-core avx512_bf16 CPU this was measured on
 # (benchmarks/train_speed.py, batch 128, idle CPU): with channels-last slower than float32 (392
@@ -51,6 +52,22 @@ def cpu_has_avx512_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
         return "avx512_bf16" in Path(cpuinfo).read_text().split()
     except OSError:
         return False
+
+
+def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name and which bf16 instructions it lists (avx512_bf16, amx_bf16), e.g.
+    "AMD EPYC 9R14 (avx512_bf16)": timings of bf16 depend on them. Falls back to
+    `platform.processor()` where /proc/cpuinfo does not exist."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = fields.get("flags", "").split()
+    bf16 = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+    return f"{name} ({', '.join(bf16) or 'no bf16 instructions'})"
 
 
 def precision(device: torch.device | str | None = None, *, exact: bool = False) -> Precision:

@@ -9,7 +9,10 @@ perturbation kernel is grad log p_0t(x_t | x_0) = -z / std(t), so the weighted o
 is minimised by the true score grad log p_t. Two weightings:
 - 'std2' (the tutorial's): lambda = std(t)^2, loss = |s std(t) + z|^2, each term of order one;
 - 'likelihood': lambda = g(t)^2 (Song, Durkan, Murray & Ermon 2021), which makes the objective a
-  bound on the negative log-likelihood; loss = (g / std)^2 |s std + z|^2.
+  bound on the negative log-likelihood; loss = (g / std)^2 |s std + z|^2;
+- 'flow_matching': lambda = g(t)^4 / 4, loss = (g^2 / (2 std))^2 |s std + z|^2: the conditional
+  flow-matching loss |u - u(x_t | x_0)|^2 of the velocity u = f - g^2 s / 2 (Lipman et al. 2023,
+  eq. 9), since its target is u(x_t | x_0) = f(x_t, t) + g^2 z / (2 std) (`flow_matching_loss`).
 `dsm_loss` sums over data dimensions and averages over the batch, as the tutorial does.
 
 Importance sampling of t for the likelihood weighting (Song, Durkan, Murray & Ermon 2021, Sec. 5):
@@ -42,7 +45,7 @@ __all__ = ["WEIGHTINGS", "PROJECTIONS", "dsm_loss", "sample_time", "importance_w
            "log_scaled_variance_range", "implicit_score_matching_loss",
            "sliced_score_matching_loss"]
 
-WEIGHTINGS = ("std2", "likelihood")
+WEIGHTINGS = ("std2", "likelihood", "flow_matching")
 PROJECTIONS = ("gaussian", "rademacher")
 
 
@@ -122,6 +125,8 @@ def dsm_loss(score_fn, sde: SDE, x0: torch.Tensor, *, eps: float = 1e-5, weighti
         per_sample = per_sample * importance_weight(sde, eps)
     elif weighting == "likelihood":
         per_sample = per_sample * (sde.diffusion(t) / std) ** 2
+    elif weighting == "flow_matching":
+        per_sample = per_sample * (sde.diffusion(t) ** 2 / (2 * std)) ** 2
     loss = per_sample.mean() if reduce else per_sample
     if check_finite and not bool(torch.isfinite(loss).all()):
         raise FloatingPointError("dsm_loss: the loss is NaN or infinite although x0 is finite: "

@@ -14,6 +14,7 @@ measure sample quality (`metrics`), and `NoiseConditionalClassifier`, which clas
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -21,9 +22,21 @@ from torch import nn
 from .checks import check_int, check_labels, check_real
 from .sde import SDE, check_batch, append_dims, sde_from_config
 
-__all__ = ["NOISE_INPUTS", "ScoreNet", "MLPScoreNet", "MNISTClassifier",
+__all__ = ["NOISE_INPUTS", "OUTPUTS", "score_of_velocity", "ScoreNet", "MLPScoreNet", "MNISTClassifier",
            "NoiseConditionalClassifier", "GaussianFourierProjection", "noise_condition",
            "net_from_config", "count_parameters", "edm_preconditioning"]
+
+
+def time_batch(net: str, x: torch.Tensor, t) -> torch.Tensor:
+    """t as a (batch,) tensor on x's device: a number (in x's floating dtype) or a 0-d or (1,)
+    tensor is repeated for every sample; a (batch,) tensor is returned as it is."""
+    if torch.is_tensor(t):
+        return t.reshape(1).expand(x.shape[0]).to(x.device) if t.numel() == 1 and t.ndim < 2 else t
+    if isinstance(t, bool) or not isinstance(t, numbers.Real):
+        raise TypeError(f"{net}: t must be a number or a tensor of shape (batch,), got "
+                        f"{type(t).__name__} {t!r:.60}")
+    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    return torch.full((x.shape[0],), float(t), dtype=dtype, device=x.device)
 
 
 def check_positive_time(net: str, t: torch.Tensor) -> None:
@@ -69,6 +82,15 @@ class Dense(nn.Module):
 
 
 NOISE_INPUTS = ("time", "log_sigma")
+OUTPUTS = ("score", "velocity")
+
+
+def score_of_velocity(sde: SDE, x: torch.Tensor, t: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+    """The score s = 2 (A(t) x - u) / g(t)^2 of a probability-flow velocity u = A(t) x - g^2 s / 2
+    (Song et al. 2021, eq. 13, solved for s)."""
+    drift = sde.drift(x, t).to(velocity.dtype)
+    g2 = append_dims(sde.diffusion(t) ** 2, x.ndim).to(velocity.dtype)
+    return 2 * (drift - velocity) / g2
 
 
 def noise_condition(sde: SDE, t: torch.Tensor, noise_input: str, noise_eps: float) -> torch.Tensor:
@@ -120,15 +142,22 @@ class ScoreNet(nn.Module):
     """The tutorial's U-Net: encoder 32/64/128/256 channels (strides 1, 2, 2, 2), decoder of
     transposed convolutions with skip connections, time injected densely at every level,
     GroupNorm and swish; output / std(t). `noise_input='log_sigma'` feeds the time embedding the
-    normalised log noise level instead of t (`noise_condition`)."""
+    normalised log noise level instead of t (`noise_condition`).
+
+    `output='velocity'` makes the U-Net's output h the probability-flow velocity
+    u = f(x, t) - g^2 s / 2 (flow matching; Lipman et al. 2023, eq. 5), and the net still returns
+    the score, s = 2 (A(t) x - h) / g(t)^2, so that every sampler and the likelihood take it."""
 
     def __init__(self, sde: SDE, channels=(32, 64, 128, 256), embed_dim: int = 256,
                  image_channels: int = 1, noise_input: str = "time", noise_eps: float = 1e-5,
-                 num_classes: int = 0):
+                 num_classes: int = 0, output: str = "score"):
         super().__init__()
         num_classes = check_int("num_classes", num_classes, minimum=0)
         if noise_input not in NOISE_INPUTS:
             raise ValueError(f"unknown noise_input {noise_input!r}; choose one of {NOISE_INPUTS}")
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}; choose one of {OUTPUTS}")
+        self.output = output
         self.sde = sde
         self.channels, self.embed_dim, self.image_channels = tuple(channels), embed_dim, image_channels
         self.noise_input, self.noise_eps = noise_input, float(noise_eps)
@@ -159,15 +188,16 @@ class ScoreNet(nn.Module):
             self.label_embed = nn.Embedding(num_classes + 1, embed_dim)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, label=None) -> torch.Tensor:
-        """The score at (x, t); a class-conditional net also takes `label` (a class in
-        0..num_classes - 1 or the null label `null_label`, one or one per image; None: the
-        null label, i.e. the unconditional score)."""
+        """The score at (x, t), t of shape (batch,) or one number for every image; a
+        class-conditional net also takes `label` (a class in 0..num_classes - 1 or the null
+        label `null_label`, one or one per image; None: the null label, i.e. the unconditional
+        score)."""
         if x.ndim != 4 or x.shape[1:] != (self.image_channels, 28, 28):
             raise ValueError(f"ScoreNet expects images of shape (batch, {self.image_channels}, "
                              f"28, 28), got {tuple(x.shape)}")
+        t = time_batch("ScoreNet", x, t)
         check_batch(x, t)
         check_positive_time("ScoreNet", t)
-        t = t.expand(x.shape[0]) if t.ndim == 1 and t.shape[0] == 1 else t
         embed = self.embed(noise_condition(self.sde, t, self.noise_input, self.noise_eps))
         if self.num_classes:
             labels = (torch.full((x.shape[0],), self.null_label, device=x.device) if label is None
@@ -187,6 +217,8 @@ class ScoreNet(nn.Module):
         h = swish(self.tgnorm3(self.tconv3(torch.cat([h, h3], dim=1)) + self.dense6(embed)))
         h = swish(self.tgnorm2(self.tconv2(torch.cat([h, h2], dim=1)) + self.dense7(embed)))
         h = self.tconv1(torch.cat([h, h1], dim=1))
+        if self.output == "velocity":
+            return score_of_velocity(self.sde, x, t, h)
         return h / append_dims(self.sde.marginal_std(t), h.ndim).to(h.dtype)
 
     def config(self) -> dict:
@@ -196,6 +228,8 @@ class ScoreNet(nn.Module):
             config.update(noise_input=self.noise_input, noise_eps=self.noise_eps)
         if self.num_classes:  # likewise for unconditional ones
             config.update(num_classes=self.num_classes)
+        if self.output != "score":  # and for score nets
+            config.update(output=self.output)
         return config
 
 
@@ -217,9 +251,9 @@ class MLPScoreNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLPScoreNet expects points of shape (batch, {self.dim}), got {tuple(x.shape)}")
+        t = time_batch("MLPScoreNet", x, t)
         check_batch(x, t)
         check_positive_time("MLPScoreNet", t)
-        t = t.expand(x.shape[0]) if t.ndim == 1 and t.shape[0] == 1 else t
         h = self.mlp(torch.cat([x, self.embed(t).to(x.dtype)], dim=1))
         return h / self.sde.marginal_std(t)[:, None].to(h.dtype)
 
@@ -270,8 +304,8 @@ class NoiseConditionalClassifier(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
             raise ValueError(f"NoiseConditionalClassifier expects (batch, 1, 28, 28), got {tuple(x.shape)}")
+        t = time_batch("NoiseConditionalClassifier", x, t)
         check_batch(x, t)
-        t = t.expand(x.shape[0]) if t.ndim == 1 and t.shape[0] == 1 else t
         scale = torch.rsqrt(self.sde.mean_coeff(t) ** 2 + self.sde.marginal_std(t) ** 2)
         h = x * append_dims(scale, x.ndim).to(x.dtype)
         embed = swish(self.embed(t.to(x.dtype)))

@@ -2,7 +2,12 @@
 
 A checkpoint is a plain dict, loadable with `torch.load(weights_only=True)`, that carries the
 settings of its SDE and net, so `model_from_checkpoint` rebuilds the model and its SDE without
-being told what they were. `save_checkpoint` writes atomically (a temporary file, then a rename).
+being told what they were. `save_checkpoint` writes atomically (a temporary file, then a rename)
+and stores in the file a sha256 of its contents (`checkpoint_digest`: every tensor's dtype, shape
+and bytes, and the plain data around them), which `load_checkpoint` checks, so a training
+checkpoint that was damaged on disk or in transfer is refused, not loaded with wrong weights.
+Files without one (older ones, and the shipped models, which have their sha256 beside them) load
+as before.
 
 The shipped models live in `sdelib/checkpoints/<name>.pt`, each with a JSON log beside it (sha256,
 settings, loss per epoch, machine, wall time, command). `load_pretrained(name)` checks the sha256
@@ -21,6 +26,7 @@ refused" (a pickle that is not plain data) is told apart from "corrupt or trunca
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
@@ -43,12 +49,13 @@ from .provenance import sha256
 
 __all__ = [
     "CHECKPOINT_FORMAT", "CHECKPOINT_DIR", "SHIPPED", "CheckpointError", "CheckpointLockedError",
-    "make_checkpoint", "deferred_sigint", "save_checkpoint", "remove_stale_temporaries",
-    "training_lock", "load_checkpoint", "require_keys", "model_from_checkpoint",
-    "export_pretrained", "load_pretrained",
+    "make_checkpoint", "checkpoint_digest", "deferred_sigint", "save_checkpoint",
+    "remove_stale_temporaries", "training_lock", "load_checkpoint", "require_keys",
+    "model_from_checkpoint", "export_pretrained", "load_pretrained",
 ]
 
 CHECKPOINT_FORMAT = "sdelib-checkpoint-v1"
+DIGEST_KEY = "digest"                                  # the key of `checkpoint_digest` in a file
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 
 # name -> (what it is, the command that retrains and exports it)
@@ -103,6 +110,50 @@ def make_checkpoint(model: nn.Module, sde, *, history: list, step: int, epoch: f
             "step": step, "epoch": epoch, "settings": settings, **extra}
 
 
+class _NoData(Exception):
+    """A tensor without data (on the 'meta' device): nothing to hash."""
+
+
+def _feed(h, value) -> None:
+    """Add `value` to the hash h: tensors by dtype, shape and bytes (from a CPU copy, so the
+    device does not matter); dicts by their items in sorted order of keys; lists and tuples item
+    by item; anything else by its type and repr (exact for numbers, strings, None)."""
+    def tag(kind: str, text: str = "") -> None:
+        h.update(f"{kind}:{len(text)}:{text};".encode("utf-8", "surrogatepass"))
+
+    if torch.is_tensor(value):
+        if value.is_meta:
+            raise _NoData
+        tag("tensor", f"{value.dtype}{tuple(value.shape)}")
+        data = value.detach().resolve_conj().resolve_neg()
+        if data.layout != torch.strided:
+            data = data.to_dense()
+        data = data.cpu().contiguous().reshape(-1)
+        h.update(data.view(torch.uint8).numpy() if data.numel() else b"")
+    elif isinstance(value, dict):
+        tag("dict", str(len(value)))
+        for key in sorted(value, key=lambda k: (type(k).__name__, repr(k))):
+            _feed(h, key)
+            _feed(h, value[key])
+    elif isinstance(value, (list, tuple)):
+        tag("list", str(len(value)))
+        for item in value:
+            _feed(h, item)
+    else:
+        tag(type(value).__name__, repr(value))
+
+
+def checkpoint_digest(state: dict) -> str | None:
+    """sha256 (hex) of a checkpoint's contents, its own digest entry left out; the same for the
+    same contents on any device. None if a tensor holds no data (loaded to the 'meta' device)."""
+    h = hashlib.sha256()
+    try:
+        _feed(h, {key: value for key, value in state.items() if key != DIGEST_KEY})
+    except _NoData:
+        return None
+    return h.hexdigest()
+
+
 class deferred_sigint:                                  # noqa: N801 - used like a function
     """`with deferred_sigint():` holds a SIGINT (Ctrl-C) that arrives inside the block until the
     block has finished, then delivers it to the handler that was installed before (by default
@@ -138,10 +189,12 @@ def _temporary_pattern(path: Path) -> re.Pattern:
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write `state` atomically: to a temporary file in the same folder, then rename. A SIGINT
-    during the write is delivered once the file is complete (`deferred_sigint`); the temporary
-    file is removed on every path except a SIGKILL (see `remove_stale_temporaries`)."""
+    """Write `state`, with its `checkpoint_digest` under "digest", atomically: to a temporary file
+    in the same folder, then rename. A SIGINT during the write is delivered once the file is
+    complete (`deferred_sigint`); the temporary file is removed on every path except a SIGKILL
+    (see `remove_stale_temporaries`)."""
     path = Path(path)
+    state = {**state, DIGEST_KEY: checkpoint_digest(state)}   # before the write: Ctrl-C stays free
     path.parent.mkdir(parents=True, exist_ok=True)
     with deferred_sigint():
         tmp = None
@@ -216,7 +269,9 @@ _CODE_REFUSED = re.compile(r"GLOBAL|global|Unsupported class|unsupported class")
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint with weights_only=True; a clear CheckpointError if it is not one of ours."""
+    """Load a checkpoint with weights_only=True; a clear CheckpointError if it is not one of ours,
+    or if its contents do not match the digest stored in it (which is checked and removed: the
+    dict returned is the one that was saved)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -233,6 +288,15 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
                               f"({type(exc).__name__}: {_without_torch_advice(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an sdelib checkpoint (format {CHECKPOINT_FORMAT})")
+    if DIGEST_KEY in state:                             # older files have none
+        stored = state.pop(DIGEST_KEY)
+        actual = checkpoint_digest(state)
+        if actual is not None and stored != actual:
+            raise CheckpointError(
+                f"{path} is damaged: its contents have sha256 digest {actual[:16]}..., but the "
+                f"digest saved in it is {str(stored)[:16]}...; the file was corrupted on disk or "
+                "in transfer (or edited without save_checkpoint). Restore it from a copy, "
+                "or train again")
     return state
 
 

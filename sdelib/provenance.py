@@ -12,11 +12,12 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 import torch
+
+from .device import cpu_description
 
 __all__ = ["sha256", "RESULTS_DIR", "RESULT_COMMANDS", "machine_description", "provenance", "result_path",
            "read_result", "write_result"]
@@ -52,11 +53,11 @@ def sha256(path: str | Path) -> str:
 
 
 def machine_description(device: torch.device | str = "cpu") -> str:
-    """The GPU's name, or the CPU and the number of torch threads."""
+    """The GPU's name, or the CPU (model and bf16 instructions) and the number of torch threads."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{cpu_description()} CPU, {torch.get_num_threads()} threads"
 
 
 def provenance(device: torch.device | str = "cpu", command: str | None = None, argv=None) -> dict:

@@ -437,7 +437,7 @@ _HELP = {
     "lr": "peak learning rate of Adam (after the warm-up)",
     "schedule": "cosine | constant, after the linear warm-up",
     "eps": "smallest diffusion time of the training draws",
-    "weighting": "std2 (the tutorial's) | likelihood (g^2)",
+    "weighting": "std2 (the tutorial's) | likelihood (g^2) | flow_matching (g^4 / 4)",
     "importance_sampling": "t with density g^2/v (likelihood weighting): ln sigma~^2 uniform",
     "dequantize": "train on uniformly dequantised images (255 x + u) / 256",
     "seed": "seed of the net's initialisation, the batches and the noise",
@@ -470,10 +470,13 @@ def _add_setting_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sdelib.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--sde", default="ve", help="ve | ve-geometric | vp | subvp")
+    parser.add_argument("--sde", default="ve", help="ve | ve-geometric | vp | subvp | rf")
     _add_setting_arguments(parser)
     parser.add_argument("--noise-input", default="time", choices=["time", "log_sigma"],
                         help="what ScoreNet's time embedding is fed")
+    parser.add_argument("--output", default="score", choices=["score", "velocity"],
+                        help="what the U-Net outputs: the score (x 1/std) or, for flow matching, "
+                             "the probability-flow velocity")
     parser.add_argument("--class-conditional", action="store_true",
                         help="a class-conditional ScoreNet (classifier-free guidance)")
     parser.add_argument("--label-dropout", type=float, default=0.1,
@@ -508,7 +511,7 @@ def main(argv=None) -> None:
     # a log-sigma net normalises its noise input over the noise levels it is trained on
     noise = dict(noise_eps=args.eps) if args.noise_input == "log_sigma" else {}
     model = ScoreNet(sde, noise_input=args.noise_input, **noise,
-                     num_classes=10 if args.class_conditional else 0)
+                     num_classes=10 if args.class_conditional else 0, output=args.output)
     conditional = dict(labels=labels, label_dropout=args.label_dropout) \
         if args.class_conditional else {}
     try:

@@ -200,6 +200,21 @@ def _live_layout(label: str) -> dict:
     return {"width": f"{max(30, round(0.6 * len(label)) + 26)}em", "max_width": "100%"}
 
 
+def _formatted(fmt: str, values: list) -> list[str]:
+    """fmt.format(value) of every value, or a ValueError naming `fmt` and the value it fails on."""
+    if not isinstance(fmt, str):
+        raise TypeError(f"fmt must be a format string such as '{{:.2f}}', got "
+                        f"{type(fmt).__name__} {fmt!r}")
+    texts = []
+    for value in values:
+        try:
+            texts.append(fmt.format(value))
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+            raise ValueError(f"fmt={fmt!r} cannot format the value {value!r} "
+                             f"({type(value).__name__}): {type(exc).__name__}: {exc}") from exc
+    return texts
+
+
 def slider(render: Callable, values, *, label: str, fmt: str = "{}", live: bool | None = None,
            initial=None, dpi: int = 90):
     """Show `render(value)`, a matplotlib Figure, with a slider over `values`.
@@ -214,7 +229,7 @@ def slider(render: Callable, values, *, label: str, fmt: str = "{}", live: bool 
     values = list(values)
     if len(values) < 2:
         raise ValueError(f"a slider needs at least 2 values, got {len(values)}")
-    texts = [fmt.format(value) for value in values]
+    texts = _formatted(fmt, values)
     labels = [f"{label} = {text}" for text in texts]
     if len(set(labels)) != len(labels):
         raise ValueError(f"fmt={fmt!r} gives two values the same label: {labels}")

@@ -3,13 +3,16 @@ a pattern its message must match (naming the argument). The last test counts the
 clear if the type and message match, silently wrong if the call returns without raising."""
 import json
 import re
+import struct
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
+from sdelib import viz
 from sdelib.controllable import classifier_guided_score, inpaint
-from sdelib.data import load_mnist, ring_mixture
+from sdelib.data import GaussianMixture, gaussian, load_mnist, ring_mixture
 from sdelib.likelihood import dataset_bpd, image_bpd, ode_likelihood
 from sdelib.losses import dsm_loss, sample_time
 from sdelib.metrics import bootstrap_standard_error, frechet_distance
@@ -50,6 +53,26 @@ def em(**kwargs):
     return euler_maruyama(score, SDE, shape, **settings)
 
 
+def mixture(covs=None, weights=None):
+    """A two-component mixture in 2-D with the given covariances and weights."""
+    return GaussianMixture([[-1.0, 0.0], [1.0, 0.5]], covs, weights)
+
+
+EYE, INDEFINITE = [[1.0, 0.0], [0.0, 1.0]], [[1.0, 2.0], [2.0, 1.0]]   # eigenvalues 3 and -1
+
+
+def slider_with(fmt, values):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def render(value):
+        fig, ax = plt.subplots(figsize=(1, 1))
+        return fig
+
+    return viz.slider(render, values, label="k", fmt=fmt, live=False)
+
+
 def zero_score(x, t):
     return torch.zeros_like(x)
 
@@ -63,6 +86,35 @@ def inf_score(x, t):
 
 
 # --- checkpoint files for the loading rows ---------------------------------------------------
+def flip_tensor_byte(source, target, rewrite_zip: bool):
+    """Copy the checkpoint `source` to `target` with one byte flipped in the middle of its largest
+    tensor's storage (a `*/data/*` member of the zip): with `rewrite_zip`, written back by zipfile
+    with fresh CRCs (no zip-level check can notice); without, flipped in place in the raw bytes
+    (the CRC then disagrees, which torch.load checks only sometimes)."""
+    with zipfile.ZipFile(source) as zf:
+        infos = zf.infolist()
+        members = {info.filename: zf.read(info) for info in infos}
+    storages = [info for info in infos if "/data/" in info.filename and not
+                info.filename.endswith("serialization_id")]
+    largest = max(storages, key=lambda info: info.file_size)
+    assert largest.compress_type == zipfile.ZIP_STORED and largest.file_size >= 64
+    if rewrite_zip:
+        data = bytearray(members[largest.filename])
+        data[len(data) // 2] ^= 0x01
+        members[largest.filename] = bytes(data)
+        with zipfile.ZipFile(target, "w") as zf:
+            for info in infos:
+                zf.writestr(info, members[info.filename])
+        return
+    raw = bytearray(source.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[largest.header_offset + 26:
+                                                  largest.header_offset + 30])
+    start = largest.header_offset + 30 + name_len + extra_len          # the member's bytes
+    assert raw[start:start + largest.file_size] == members[largest.filename]
+    raw[start + largest.file_size // 2] ^= 0x01
+    target.write_bytes(bytes(raw))
+
+
 def checkpoint_files(tmp_path):
     net = tiny_net()
     state = make_checkpoint(net, net.sde, history=[], step=0, epoch=0.0, settings={})
@@ -100,6 +152,9 @@ def checkpoint_files(tmp_path):
     wrong = dict(state, net=dict(state["net"], hidden=16))
     save_checkpoint(wrong, tmp_path / "mismatch.pt")
     files["mismatch"] = tmp_path / "mismatch.pt"
+    for name, rewrite in [("damaged", True), ("damaged_raw", False)]:
+        files[name] = tmp_path / f"{name}.pt"
+        flip_tensor_byte(good, files[name], rewrite)
     (tmp_path / "mnist-test.pt").write_bytes(b"\x80\x02 truncated")
     files["mnist_root"] = tmp_path
     return files
@@ -261,6 +316,38 @@ ROWS = [
      ValueError, r"ScoreNet.*t must be > 0"),
     ("MLPScoreNet t<0", lambda f: tiny_net()(X, torch.full((4,), -0.1)), ValueError,
      r"MLPScoreNet.*t must be > 0"),
+    ("MLPScoreNet t='0.5'", lambda f: tiny_net()(X, "0.5"), TypeError,
+     r"MLPScoreNet: t must be a number or a tensor.*'0\.5'"),
+    ("ScoreNet t=0.0 (a float)", lambda f: ScoreNet(SDE)(torch.rand(2, 1, 28, 28), 0.0),
+     ValueError, r"ScoreNet.*t must be > 0"),
+    # toy data
+    ("mixture weights all 0", lambda f: mixture(weights=[0.0, 0.0]), ValueError,
+     r"weights must not all be 0.*\[0\.0, 0\.0\]"),
+    ("mixture weights NaN", lambda f: mixture(weights=[1.0, NAN]), ValueError,
+     r"weights must be finite.*nan"),
+    ("mixture weights inf", lambda f: mixture(weights=[INF, 1.0]), ValueError,
+     r"weights must be finite.*inf"),
+    ("mixture weights negative", lambda f: mixture(weights=[2.0, -1.0]), ValueError,
+     r"weights must be non-negative.*-1\.0"),
+    ("mixture weights overflow", lambda f: mixture(weights=[1e308, 1e308]), ValueError,
+     r"weights sum to inf"),
+    ("mixture covs indefinite", lambda f: mixture([EYE, INDEFINITE]), ValueError,
+     r"covs\[1\] \(component 1\) must be positive definite.*eigenvalue is -1"),
+    ("mixture covs singular", lambda f: mixture([[[1.0, 1.0], [1.0, 1.0]], EYE]), ValueError,
+     r"covs\[0\] \(component 0\) must be positive definite"),
+    ("mixture covs not symmetric", lambda f: mixture([[[1.0, 0.5], [0.0, 1.0]], EYE]),
+     ValueError, r"covs\[0\] \(component 0\) must be symmetric.*up to 0\.5"),
+    ("mixture covs NaN", lambda f: mixture([EYE, [[1.0, 0.0], [0.0, NAN]]]), ValueError,
+     r"covs\[1\] \(component 1\) has NaN"),
+    ("mixture diagonal covs negative", lambda f: mixture([[1.0, 1.0], [1.0, -0.5]]), ValueError,
+     r"covs\[1\].*positive definite.*-0\.5"),
+    # viz
+    ("slider fmt {:d} of floats", lambda f: slider_with("{:d}", [1.0, 2.5]), ValueError,
+     r"fmt='\{:d\}' cannot format the value 1\.0 \(float\).*Unknown format code 'd'"),
+    ("slider fmt {1}", lambda f: slider_with("{1}", [1, 2]), ValueError,
+     r"fmt='\{1\}' cannot format the value 1 .*IndexError"),
+    ("slider fmt None", lambda f: slider_with(None, [1, 2]), TypeError,
+     r"fmt must be a format string.*None"),
     # metrics
     ("frechet n <= d", lambda f: frechet_distance(torch.randn(50, 128), torch.randn(500, 128)),
      ValueError, r"features_a.*50 samples.*singular.*129"),
@@ -287,6 +374,10 @@ ROWS = [
      r"nonet\.pt lacks \['net'\]"),
     ("state-dict mismatch", lambda f: model_from_checkpoint(f["mismatch"]), CheckpointError,
      r"mismatch\.pt: its weights do not fit"),
+    ("tensor byte flipped, zip rewritten", lambda f: model_from_checkpoint(f["damaged"]),
+     CheckpointError, r"damaged\.pt is damaged: its contents have sha256.*corrupted"),
+    ("tensor byte flipped in place", lambda f: model_from_checkpoint(f["damaged_raw"]),
+     CheckpointError, r"damaged_raw\.pt (is damaged|is corrupt)"),
     ("truncated MNIST cache", lambda f: load_mnist("test", root=f["mnist_root"]), RuntimeError,
      r"mnist-test\.pt is truncated or corrupt.*delete"),
 ]
@@ -334,3 +425,67 @@ def test_valid_integer_like_arguments_are_accepted():
     b = euler_maruyama(SCORE, SDE, (np.int64(4), 2), steps=5,
                        generator=torch.Generator().manual_seed(0)).samples
     assert torch.equal(a, b)
+
+
+# --- negative controls: valid input next to the invalid rows works and gives the right value -----
+def test_undamaged_checkpoint_loads_with_identical_weights(files):
+    """The file the damaged ones were copied from loads, with the weights that were saved."""
+    model, _ = model_from_checkpoint(files["good"])
+    expected = tiny_net().state_dict()
+    assert model.state_dict().keys() == expected.keys()
+    assert all(torch.equal(model.state_dict()[k], expected[k]) for k in expected)
+    assert "digest" not in load_checkpoint(files["good"])     # checked and removed
+    assert "digest" in torch.load(files["good"], weights_only=True)
+
+
+def test_checkpoint_without_a_digest_still_loads(tmp_path):
+    """Older files hold no digest: they load as before."""
+    net = tiny_net()
+    state = make_checkpoint(net, net.sde, history=[], step=0, epoch=0.0, settings={})
+    torch.save(state, tmp_path / "old.pt")
+    model, _ = model_from_checkpoint(tmp_path / "old.pt")
+    assert torch.equal(model(X, torch.full((4,), 0.5)), net.eval()(X, torch.full((4,), 0.5)))
+
+
+def test_a_number_t_is_t_for_every_sample():
+    """net(x, 0.5) is net(x, t) with t = 0.5 for each sample, for both score nets (and a 0-d t)."""
+    torch.manual_seed(0)
+    image_net, images = ScoreNet(SDE).eval(), torch.rand(3, 1, 28, 28)
+    full = image_net(images, torch.full((3,), 0.5))
+    assert torch.equal(image_net(images, 0.5), full)
+    assert torch.equal(image_net(images, torch.tensor(0.5)), full)
+    assert not torch.equal(image_net(images, 0.6), full)          # t is used, not ignored
+    point_net = tiny_net()
+    assert torch.equal(point_net(X, 0.5), point_net(X, torch.full((4,), 0.5)))
+    assert torch.equal(point_net(X, 1), point_net(X, torch.ones(4)))
+
+
+def test_mixture_next_to_the_bad_weights_and_covariances_is_exact():
+    """Zero weights are allowed (that component drops out), weights are normalised, and a positive
+    definite covariance with off-diagonal entries gives the closed-form Gaussian density."""
+    x = torch.randn(5, 2, dtype=torch.float64)
+    second = gaussian([1.0, 0.5], EYE)
+    only_second = mixture(weights=[0.0, 3.0])
+    assert only_second.weights.tolist() == [0.0, 1.0]
+    assert torch.allclose(only_second.log_prob(x), second.log_prob(x), rtol=1e-12, atol=0)
+    assert torch.allclose(only_second.score(x), second.score(x), rtol=1e-12, atol=1e-15)
+    correlated = [[1.0, 0.5], [0.5, 1.0]]                       # eigenvalues 1.5 and 0.5
+    reference = torch.distributions.MultivariateNormal(
+        torch.tensor([-1.0, 0.0], dtype=torch.float64),
+        torch.tensor(correlated, dtype=torch.float64))
+    assert torch.allclose(gaussian([-1.0, 0.0], correlated).log_prob(x), reference.log_prob(x),
+                          rtol=1e-12, atol=0)
+
+
+def test_nearly_symmetric_covariance_is_accepted_and_made_symmetric():
+    """An asymmetry at float32 rounding (1e-7 relative) passes and is averaged away."""
+    nearly = torch.tensor([[2.0, 0.5], [0.5 + 2e-7, 1.0]], dtype=torch.float64)
+    covs = mixture(torch.stack([nearly, torch.eye(2, dtype=torch.float64)])).covs
+    assert torch.equal(covs[0], covs[0].T)
+    assert abs(covs[0, 0, 1].item() - (0.5 + 1e-7)) < 1e-15
+
+
+def test_slider_formats_values_its_fmt_can_format():
+    """The same slider with integer values for '{:d}', and '{:.1f}' for the floats, works."""
+    assert slider_with("{:d}", [1, 2]).labels == ["k = 1", "k = 2"]
+    assert slider_with("{:.1f}", [1.0, 2.5]).labels == ["k = 1.0", "k = 2.5"]

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from sdelib import device as device_module
-from sdelib.device import autocast, cpu_has_avx512_bf16, default_device, precision
+from sdelib.device import (autocast, cpu_description, cpu_has_avx512_bf16, default_device,
+                           precision)
 
 
 @pytest.mark.parametrize("capability,dtype,scaler", [
@@ -37,6 +38,17 @@ def test_cpu_uses_bf16_only_with_the_instructions_and_a_measured_gain(monkeypatc
     assert precision("cpu").dtype == torch.bfloat16
     monkeypatch.setattr(device_module, "cpu_has_avx512_bf16", lambda: False)
     assert precision("cpu").dtype == torch.float32
+
+
+def test_the_cpu_description_names_the_model_and_its_bf16_instructions(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU 9000\n"
+                       "flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n\n"
+                       "processor\t: 1\nmodel name\t: Some CPU 9000\n")
+    assert cpu_description(cpuinfo) == "Some CPU 9000 (avx512_bf16, amx_bf16)"
+    cpuinfo.write_text("model name\t: Old CPU\nflags\t\t: fpu avx2\n")
+    assert cpu_description(cpuinfo) == "Old CPU (no bf16 instructions)"
+    assert cpu_description(tmp_path / "missing")  # falls back to the platform's name
 
 
 def test_autocast_runs_a_matmul_in_the_chosen_dtype():

@@ -2,8 +2,10 @@
 
 These tests read real MNIST (fetched by `sdelib.data` on a fresh machine, as the book does) and run
 the shipped nets on a few hundred test images on the CPU (a few seconds)."""
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,34 +102,41 @@ def _measured_models():
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+_MODEL_SCORES_SPEC = importlib.util.spec_from_file_location(
+    "model_scores", Path(__file__).parents[1] / "benchmarks" / "model_scores.py")
+model_scores = importlib.util.module_from_spec(_MODEL_SCORES_SPEC)
+_MODEL_SCORES_SPEC.loader.exec_module(model_scores)
+
+
 @pytest.mark.parametrize("name", sorted(_measured_models()))
 def test_logged_bits_per_dim_are_recomputed_with_the_logged_seed(name, test_images):
-    """The logged check images' bits/dim, recomputed from the logged seed and tolerance (the
-    dequantisation and probes of all n images are drawn first, as the benchmark did)."""
-    from sdelib.likelihood import dataset_bpd, dequantize, make_probe
+    """The logged check images' bits/dim, recomputed from the logged seed (the dequantisation and
+    probes of all n images drawn first, as the benchmark did) in float64 at a tight tolerance, where
+    neither round-off nor the adaptive solver's step choice moves them by more than CHECK_BOUND on
+    any machine (see benchmarks/model_scores.py)."""
+    from sdelib.likelihood import dequantize, make_probe
     entry = _measured_models()[name]
     log = json.loads((CHECKPOINT_DIR / f"{name}.json").read_text())
     assert entry["sha256"] == log["sha256"] == sha256_of(CHECKPOINT_DIR / f"{name}.pt")
     likelihood = entry["likelihood"]
+    check = likelihood["check"]
+    assert {key: check[key] for key in model_scores.CHECK} == model_scores.CHECK
     model, sde = load_pretrained(name)
     model.requires_grad_(False)
     # the ODE starts where the model's training did (its eps: 1e-5 unless its log says more)
-    tolerance = dict(eps=log["settings"]["eps"], rtol=likelihood["tolerance"],
-                     atol=likelihood["tolerance"])
-    logged = torch.tensor(likelihood["check_bpd"], dtype=torch.float64)
-    k = len(logged)
+    assert likelihood["eps"] == log["settings"]["eps"]
+    logged = torch.tensor(check["bpd"], dtype=torch.float64)
 
     def bpd_with_seed(seed):
         generator = torch.Generator().manual_seed(seed)
         x = dequantize(test_images[0][:likelihood["n"]], generator)
         probe = make_probe(x, "gaussian", generator)
-        return dataset_bpd(model, sde, x[:k], probe[:k], batch_size=k, solver="torchdiffeq",
-                           progress=False, **tolerance).bpd.double()
+        return torch.tensor(model_scores.check_bpd(model, sde, x, probe, likelihood["eps"]))
 
-    # the same images, noise, probes, batch and solver: equal up to float32 round-off (1e-3 leaves
-    # room for another CPU's kernels; the probe noise between seeds is ~0.05 bits/dim per image)
-    assert (bpd_with_seed(likelihood["seed"]) - logged).abs().max() < 1e-3
-    assert (bpd_with_seed(likelihood["seed"] + 1) - logged).abs().max() > 1e-3   # another seed
+    bound = model_scores.CHECK_BOUND
+    assert (bpd_with_seed(likelihood["seed"]) - logged).abs().max() < bound
+    # negative control: another seed's dequantisation and probes (~0.05 bits/dim per image)
+    assert (bpd_with_seed(likelihood["seed"] + 1) - logged).abs().max() > bound
     estimate = mean_and_standard_error(torch.tensor(likelihood["bpd"], dtype=torch.float64))
     assert estimate.mean == pytest.approx(likelihood["bpd_mean"], rel=1e-6)
 
