@@ -348,3 +348,18 @@ def check_finite_result(what: str, x: torch.Tensor, steps: FiniteSteps | None = 
     raise FloatingPointError(
         f"{what}: the samples became NaN or infinite{where}; the score_fn returned non-finite "
         f"values there, or the steps are too large for it (more steps, or check the score){hint}")
+
+
+def check_eps(eps, sde, score_fn=None, default: float = 1e-3) -> float:
+    """The time cut-off of a sampler or likelihood: `default` when None, raised to the model's
+    training eps (`score_fn.trained_eps`, which `pretrained.model_from_checkpoint` sets) when that
+    is larger. An eps below the model's training eps is refused, naming both: the net never saw
+    those times, and its score there is an extrapolation."""
+    trained = getattr(score_fn, "trained_eps", None)
+    if eps is None:
+        eps = default if trained is None else max(default, trained)
+    eps = check_real("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True)
+    if trained is not None and eps < trained * (1 - 1e-9):
+        raise ValueError(f"eps={eps:g} is below eps={trained:g}, the smallest time this model was "
+                         f"trained on: use eps >= {trained:g} (the default, eps=None)")
+    return eps

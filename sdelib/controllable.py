@@ -50,7 +50,7 @@ def _check_mask(mask: torch.Tensor, observation: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def inpaint(score_fn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor, *, steps: int = 500,
-            eps: float = 1e-3, snr: float | None = None, corrector_steps: int = 1, generator=None,
+            eps: float | None = None, snr: float | None = None, corrector_steps: int = 1, generator=None,
             callback: Callable | None = None, x_init=None) -> SamplerResult:
     """Fill the pixels where `mask` is 0 given `observation` where it is 1 (the replacement method,
     Song et al. 2021, Appendix I.2): run the reverse SDE for all pixels and, at the start and after

@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 import torch
 
-from .checks import (check_data, check_instance, check_positive_int, check_real, check_tensor,
-                     checked_score_fn, check_callable)
+from .checks import (check_data, check_eps, check_instance, check_positive_int, check_real,
+                     check_tensor, checked_score_fn, check_callable)
 from .ode import check_solver, solve
 from .samplers import SamplerResult, heun_time_grid, probability_flow_ode
 from .sde import SDE, append_dims
@@ -45,13 +45,13 @@ def _check_ode_arguments(score_fn, sde, eps, rtol, atol, solver, method, max_nfe
     check_instance("sde", sde, SDE, "VESDE(25.0)")
     check_callable("score_fn", score_fn)
     check_solver(solver, method)
-    eps = check_real("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True)
+    eps = check_eps(eps, sde, score_fn)
     rtol = check_real("rtol", rtol, low=0.0, low_open=True)
     atol = check_real("atol", atol, low=0.0, low_open=True)
     return eps, rtol, atol, check_positive_int("max_nfe", max_nfe)
 
 
-def encode(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-3, rtol: float = 1e-5,
+def encode(score_fn, sde: SDE, x: torch.Tensor, *, eps: float | None = None, rtol: float = 1e-5,
            atol: float = 1e-5, solver: str = "scipy", method: str | None = None,
            max_nfe: int = 20_000) -> LatentResult:
     """The latent code z = x(T) of data x = x(eps): the probability-flow ODE (Song et al. 2021,
@@ -70,7 +70,7 @@ def encode(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-3, rtol: floa
     return LatentResult(z, nfe)
 
 
-def decode(score_fn, sde: SDE, z: torch.Tensor, *, eps: float = 1e-3, rtol: float = 1e-5,
+def decode(score_fn, sde: SDE, z: torch.Tensor, *, eps: float | None = None, rtol: float = 1e-5,
            atol: float = 1e-5, solver: str = "scipy", method: str | None = None,
            max_nfe: int = 20_000) -> SamplerResult:
     """The data x(eps) of latent codes z = x(T): the probability-flow ODE from T down to eps
@@ -126,7 +126,7 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, w: float) -> torch.Tensor:
 
 @torch.no_grad()
 def ddim(score_fn, sde: SDE, x_init: torch.Tensor, times=None, *, steps: int = 25,
-         eps: float = 1e-3, rho: float = 7.0) -> SamplerResult:
+         eps: float | None = None, rho: float = 7.0) -> SamplerResult:
     """Deterministic DDIM (Song, Meng & Ermon 2021, eq. 12 with eta = 0) from x_init at t = T,
     written in DDIM's variables: with alpha_bar(t) = m(t)^2 and std(t) = sqrt(1 - alpha_bar) for
     the VP SDE (for any linear SDE here: m(t) and std(t)),
@@ -138,15 +138,16 @@ def ddim(score_fn, sde: SDE, x_init: torch.Tensor, times=None, *, steps: int = 2
     grid of `edm_stochastic`). One score evaluation per step; this equals `edm_stochastic(...,
     order=1, churn=0.0)` up to round-off (module docstring)."""
     check_instance("sde", sde, SDE, "VESDE(25.0)")
-    score_fn = checked_score_fn(check_callable("score_fn", score_fn))
+    check_callable("score_fn", score_fn)
     check_data("x_init", x_init)
     if times is None:
         steps = check_positive_int("steps", steps)
-        eps = check_real("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True)
+        eps = check_eps(eps, sde, score_fn)
         times = heun_time_grid(sde, steps, eps, check_real("rho", rho, low=0.0, low_open=True))
     check_tensor("times", times)
     if times.ndim != 1 or len(times) < 2 or not bool((times[1:] < times[:-1]).all()):
         raise ValueError("times must be a 1-D tensor of at least 2 decreasing times")
+    score_fn = checked_score_fn(score_fn)
     times = times.to(torch.float64)
     means, stds = sde.mean_coeff(times), sde.marginal_std(times)
     to = dict(device=x_init.device, dtype=x_init.dtype)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from .checks import (check_choice, check_data, check_floating_tensor,
+from .checks import (check_choice, check_data, check_eps, check_floating_tensor,
                      check_generator, check_instance, check_positive_int, check_real,
                      check_tensor, checked_score_fn)
 from .ode import check_solver, solve
@@ -72,7 +72,7 @@ def make_probe(x: torch.Tensor, kind: str, generator=None) -> torch.Tensor:
     return torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
 
 
-def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
+def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float | None = None,
                    divergence: str = "gaussian", rtol: float = 1e-5, atol: float = 1e-5,
                    solver: str = "scipy", method: str | None = None, max_nfe: int = 20_000,
                    generator=None, prior_logp=None,
@@ -81,7 +81,9 @@ def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
 
     The model's density of x_0 is that of x(eps) / m(eps), x(eps) ~ p_eps: the flow starts at
     m(eps) x and log p gains D ln m(eps), so a larger eps (a model trained only down to eps)
-    still gives a density of the data, that of x_0 + sigma~(eps) z.
+    still gives a density of the data, that of x_0 + sigma~(eps) z. eps defaults to 1e-5, or to
+    the model's training eps where that is larger (a shipped model carries it; an eps below it
+    is refused: `checks.check_eps`).
 
     divergence: 'exact', 'gaussian' or 'rademacher' (Hutchinson, one probe per sample drawn with
     `generator`); solver and method as in `samplers.probability_flow_ode` ('scipy': RK45 on one
@@ -92,9 +94,9 @@ def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5,
     check_choice("divergence", divergence, DIVERGENCES)
     check_solver(solver, method)
     check_instance("sde", sde, SDE, "VESDE(25.0)")
+    eps = check_eps(eps, sde, score_fn, default=1e-5)
     score_fn = checked_score_fn(score_fn)
     check_data("x", x)
-    eps = check_real("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True)
     rtol = check_real("rtol", rtol, low=0.0, low_open=True)
     atol = check_real("atol", atol, low=0.0, low_open=True)
     max_nfe = check_positive_int("max_nfe", max_nfe)

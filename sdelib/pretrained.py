@@ -378,6 +378,11 @@ def _model_from_state(state: dict, use_ema: bool, where: str):
         detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4]) or str(exc)
         raise CheckpointError(f"{where}: its weights do not fit its net {state['net']} "
                               f"({detail[:300]})") from None
+    settings = state.get("settings") or {}
+    if "eps" in settings and hasattr(model, "sde"):
+        # the smallest time the model was trained on: samplers and likelihoods start there by
+        # default and refuse to go below it (checks.check_eps)
+        model.trained_eps = float(settings["eps"])
     return model.eval(), getattr(model, "sde", None)
 
 

@@ -2,11 +2,13 @@
 
 All share one signature,
 
-    sampler(score_fn, sde, shape, *, steps=..., eps=1e-3, generator=None, callback=None,
+    sampler(score_fn, sde, shape, *, steps=..., eps=None, generator=None, callback=None,
             denoise=False, x_init=None, device=None, ...) -> SamplerResult(samples, nfe)
 
 - `score_fn(x, t)` is any score: a trained net or an exact score of toy data;
-- time runs from T = 1 down to `eps`; `x_init` (default: a draw from the prior) starts it;
+- time runs from T down to `eps` (default 1e-3, or the model's training eps where that is larger:
+  a shipped model carries it, and an eps below it is refused, `checks.check_eps`); `x_init`
+  (default: a draw from the prior) starts it;
 - `generator` seeds every random draw; the device is the generator's, else `device`, else cpu;
 - `callback(i, t, x)` is for trajectories and progress bars. Fixed-step samplers call it after
   each step i with that step's x_mean; the scipy ODE after each *accepted* adaptive step with its
@@ -36,8 +38,8 @@ from typing import Callable, NamedTuple
 import torch
 
 from .checks import (FiniteSteps, check_callable, check_choice, check_data, check_finite_result,
-                     check_generator, check_instance, check_int, check_positive_int, check_real,
-                     check_shape, check_tensor, checked_score_fn)
+                     check_eps, check_generator, check_instance, check_int, check_positive_int,
+                     check_real, check_shape, check_tensor, checked_score_fn)
 from .ode import ODEConvergenceError, check_solver, solve
 from .sde import SDE, append_dims, normal_like
 
@@ -65,7 +67,7 @@ def check_sampler_arguments(shape, steps, eps, sde: SDE, *, score_fn=None, gener
     shape = check_shape("shape", shape)
     if steps is not None:
         steps = check_positive_int("steps", steps)
-    eps = check_real("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True)
+    eps = check_eps(eps, sde, score_fn)
     check_generator("generator", generator)
     check_callable("callback", callback, optional=True)
     return shape, steps, eps
@@ -102,7 +104,7 @@ def euler_maruyama_step(reverse, x, t_vec, dt):
 
 
 @torch.no_grad()
-def euler_maruyama(score_fn, sde: SDE, shape, *, steps: int = 500, eps: float = 1e-3,
+def euler_maruyama(score_fn, sde: SDE, shape, *, steps: int = 500, eps: float | None = None,
                    generator=None, callback: Callable | None = None, denoise: bool = False,
                    x_init=None, device=None) -> SamplerResult:
     """Euler–Maruyama on the reverse SDE, t_i = linspace(T, eps, steps), dt = t_0 - t_1:
@@ -145,7 +147,7 @@ def langevin_corrector_step(score_fn, sde: SDE, x, t_vec, dt, snr, generator):
 
 @torch.no_grad()
 def predictor_corrector(score_fn, sde: SDE, shape, *, steps: int = 500, snr: float = 0.16,
-                        eps: float = 1e-3, predictor: str = "euler_maruyama", corrector_steps: int = 1,
+                        eps: float | None = None, predictor: str = "euler_maruyama", corrector_steps: int = 1,
                         generator=None, callback: Callable | None = None, denoise: bool = False,
                         x_init=None, device=None) -> SamplerResult:
     """Predictor–corrector sampling (paper Alg. 1). At each t_i the tutorial's order: first
@@ -186,7 +188,7 @@ def predictor_corrector(score_fn, sde: SDE, shape, *, steps: int = 500, snr: flo
                          nfe)
 
 
-def probability_flow_ode(score_fn, sde: SDE, shape, *, eps: float = 1e-3, rtol: float = 1e-5,
+def probability_flow_ode(score_fn, sde: SDE, shape, *, eps: float | None = None, rtol: float = 1e-5,
                          atol: float = 1e-5, solver: str = "scipy", method: str | None = None,
                          max_nfe: int = 20_000, generator=None, callback: Callable | None = None,
                          denoise: bool = False, x_init=None, device=None) -> SamplerResult:
@@ -228,7 +230,7 @@ def heun_time_grid(sde: SDE, steps: int, eps: float = 1e-3, rho: float = 7.0) ->
 
 
 @torch.no_grad()
-def heun_ode(score_fn, sde: SDE, shape, *, steps: int = 18, eps: float = 1e-3, rho: float = 7.0,
+def heun_ode(score_fn, sde: SDE, shape, *, steps: int = 18, eps: float | None = None, rho: float = 7.0,
              generator=None, callback: Callable | None = None, denoise: bool = False,
              x_init=None, device=None) -> SamplerResult:
     """The probability-flow ODE (eq. 13) in `steps` Heun steps (EDM Alg. 1, 2 * steps evaluations).
@@ -244,7 +246,7 @@ def heun_ode(score_fn, sde: SDE, shape, *, steps: int = 18, eps: float = 1e-3, r
 
 
 @torch.no_grad()
-def edm_stochastic(score_fn, sde: SDE, shape, *, steps: int = 25, order: int = 2, eps: float = 1e-3,
+def edm_stochastic(score_fn, sde: SDE, shape, *, steps: int = 25, order: int = 2, eps: float | None = None,
                    rho: float = 7.0, churn: float = 30.0, churn_sigma_min: float = 0.0,
                    churn_sigma_max: float = math.inf, noise_inflation: float = 1.0, generator=None,
                    callback: Callable | None = None, denoise: bool = False, x_init=None,
@@ -321,7 +323,7 @@ def _edm(score_fn, sde, shape, *, steps, order, eps, rho, churn, churn_sigma_min
 
 @torch.no_grad()
 def dpm_solver_sde(score_fn, sde: SDE, shape, *, steps: int = 50, order: int = 2, eta: float = 1.0,
-                   eps: float = 1e-3, rho: float = 7.0, generator=None, callback: Callable | None = None,
+                   eps: float | None = None, rho: float = 7.0, generator=None, callback: Callable | None = None,
                    denoise: bool = False, x_init=None, device=None) -> SamplerResult:
     """SDE-DPM-Solver++ (Lu et al. 2022, "DPM-Solver++", sec. 5: the 1S and 2M solvers of the
     reverse SDE in data prediction), one evaluation per step, on the grid of `heun_ode`.
