@@ -1,6 +1,9 @@
 """The Colab install cell: the first cell of every chapter installs sdelib, in Colab
 only, from the repository of _config.yml, with one literal %pip line
-(tools/set_repository.py writes them)."""
+(tools/set_repository.py writes them); and the repository and Colab buttons of _config.yml
+are on for a real repository, off for the placeholder (whose buttons would lead to a 404).
+Both states are tested here on copies; the committed state is whichever _config.yml holds.
+tests/test_book_html.py checks the buttons in built pages, in both states."""
 import contextlib
 import io
 import json
@@ -84,6 +87,22 @@ def test_install_cell_names_the_configured_url_and_branch_literally():
         assert all(len(line) <= 88 for line in source.splitlines()), path.name
 
 
+def test_the_buttons_are_on_exactly_when_the_repository_is_real():
+    """The placeholder has no repository: its Colab and repository buttons would open a 404, so
+    the committed config switches them off while it names OWNER/REPO (and on otherwise)."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    url, _ = sr.read_repository(ROOT)
+    published = not sr.is_placeholder(url)
+    assert sr.buttons_on(config) == {"repository": published, "colab": published}, (
+        f"_config.yml names {url} but its buttons are {sr.buttons_on(config)}; run "
+        "`python -m tools.set_repository URL`")
+    assert config["launch_buttons"]["colab_url"] == (sr.COLAB_URL if published else "")
+    # the other launchers stay off in both states (they need a server or the network)
+    launch = config["launch_buttons"]
+    assert not launch.get("binderhub_url") and not launch.get("jupyterhub_url")
+    assert not launch.get("thebe")
+
+
 def test_the_chapters_are_valid_notebooks():
     for path in sr.chapters(ROOT):
         nbformat.validate(nbformat.read(path, as_version=4))
@@ -144,9 +163,11 @@ def _command(root, *args):
 
 
 def _without_install_cells(root):
-    """The chapters without their first cells; _config.yml without its url/branch."""
+    """The chapters without their first cells; _config.yml without its url/branch and its
+    button switches."""
     config = [line for line in (root / "_config.yml").read_text().splitlines()
-              if not line.startswith(("  url:", "  branch:"))]
+              if not line.startswith(("  url:", "  branch:", "  use_repository_button:",
+                                      "  colab_url:"))]
     cells = [json.loads(p.read_text())["cells"][1:] for p in sr.chapters(root)]
     return config, cells
 
@@ -160,6 +181,11 @@ def test_command_rewrites_config_and_every_install_cell_consistently(repo_copy):
     assert config["repository"]["url"] == REAL_URL
     assert config["repository"]["branch"] == REAL_BRANCH
     assert config["repository"]["path_to_book"] == ""
+    # a real repository: both buttons on
+    assert config["html"]["use_repository_button"] is True
+    assert config["launch_buttons"]["colab_url"] == sr.COLAB_URL
+    assert sr.buttons_on(config) == {"repository": True, "colab": True}
+    assert "buttons on" in proc.stdout
     expected = sr.install_cell_source(REAL_URL, REAL_BRANCH)
     chapters = sr.chapters(repo_copy)
     assert len(chapters) == len(sr.chapters(ROOT)) >= 2
@@ -176,6 +202,44 @@ def test_command_rewrites_config_and_every_install_cell_consistently(repo_copy):
     for path in [repo_copy / "_config.yml", *chapters]:
         original = ROOT / path.relative_to(repo_copy)
         assert path.read_text() == original.read_text(), path.name
+
+
+def test_the_placeholder_switches_the_buttons_off_again(repo_copy):
+    """Published, then back to the placeholder: the buttons go off, the cells say 'not
+    published', and the config's comments and other keys are untouched throughout."""
+    original = (repo_copy / "_config.yml").read_text()
+    assert _command(repo_copy, REAL_URL).returncode == 0
+    assert sr.buttons_on(yaml.safe_load((repo_copy / "_config.yml").read_text())) == {
+        "repository": True, "colab": True}
+    proc = _command(repo_copy, sr.PLACEHOLDER_URL)
+    assert proc.returncode == 0, proc.stderr
+    assert "buttons off" in proc.stdout
+    config = yaml.safe_load((repo_copy / "_config.yml").read_text())
+    assert config["html"]["use_repository_button"] is False
+    assert config["launch_buttons"]["colab_url"] == ""
+    assert sr.buttons_on(config) == {"repository": False, "colab": False}
+    for path in sr.chapters(repo_copy):
+        cell = json.loads(path.read_text())["cells"][0]
+        assert _source(cell) == sr.install_cell_source(sr.PLACEHOLDER_URL, "main")
+    # comments and every other line as they were
+    keep = ("  url:", "  branch:", "  use_repository_button:", "  colab_url:")
+    assert ([line for line in original.splitlines() if not line.startswith(keep)]
+            == [line for line in (repo_copy / "_config.yml").read_text().splitlines()
+                if not line.startswith(keep)])
+
+
+def test_a_missing_button_switch_is_written(repo_copy):
+    """A config without the switches gets them (in their blocks), for either state."""
+    path = repo_copy / "_config.yml"
+    path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                            if not line.startswith(("  use_repository_button:",
+                                                    "  colab_url:"))))
+    for url, on in ((REAL_URL, True), (sr.PLACEHOLDER_URL, False)):
+        assert _command(repo_copy, url).returncode == 0
+        config = yaml.safe_load(path.read_text())
+        assert sr.buttons_on(config) == {"repository": on, "colab": on}
+        assert "use_repository_button" in config["html"]
+        assert "colab_url" in config["launch_buttons"]
 
 
 def test_rewrite_keeps_the_notebook_json_layout(repo_copy):

@@ -3,7 +3,11 @@
     python -m tools.set_repository https://github.com/OWNER/REPO [--branch main]
 
 The repository URL lives in _config.yml (`repository.url`, `repository.branch`);
-the Colab and repository buttons are built from it. The first cell of every chapter
+the Colab and repository buttons are built from it. They are switched on only for a real
+repository (`html.use_repository_button: true`, `launch_buttons.colab_url:
+https://colab.research.google.com`); for the placeholder https://github.com/OWNER/REPO they
+are off (`false`, `""`), so that the built book has no button that leads to a 404. The
+first cell of every chapter
 of _toc.yml installs sdelib from that repository when the notebook runs in Colab,
 with one literal line,
 
@@ -12,9 +16,10 @@ with one literal line,
 written as `get_ipython().run_line_magic(...)`, so that the cell is valid Python
 outside IPython too. Outside Colab the cell does nothing and prints nothing. While the
 URL is the placeholder https://github.com/OWNER/REPO, the cell instead prints (in
-Colab) that the book is not published yet. This command rewrites all of them
-together; tests/test_colab_cell.py checks that they agree. Notebooks are edited as
-JSON with their key order and cell ids kept, so that only the first cell changes.
+Colab) that the book is not published yet. This command rewrites all of them (the
+URL, the branch, the two button switches and the cells) together;
+tests/test_colab_cell.py checks that they agree. Notebooks are edited as JSON with their
+key order and cell ids kept, so that only the first cell changes.
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ _HEADER = """\
 # keeping Colab's own torch / numpy / ipywidgets. Elsewhere this cell does nothing.
 # Written by `python -m tools.set_repository URL` from _config.yml's repository.
 """
+COLAB_URL = "https://colab.research.google.com"
 NOT_PUBLISHED = (
     "This book has not been published yet, so the Colab install of sdelib cannot "
     f"work (its repository URL is still the placeholder {PLACEHOLDER_URL}): to "
@@ -110,29 +116,59 @@ def read_repository(root: Path = ROOT) -> tuple[str, str]:
     return str(repository["url"]), str(repository.get("branch", "main"))
 
 
-def _rewrite_config(text: str, url: str, branch: str) -> str:
-    """Replace the url and branch values of the top-level `repository:` block, keeping
-    the rest of the file (its comments included) byte for byte."""
-    lines = text.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines)
-              if re.match(r"repository:\s*(#.*)?$", line)]
+def button_settings(url: str) -> dict[tuple[str, str], str]:
+    """The button switches of _config.yml for `url`, as YAML values: {(block, key): value}.
+    On for a real repository; off for the placeholder (its buttons would lead to a 404)."""
+    published = not is_placeholder(url)
+    return {("html", "use_repository_button"): "true" if published else "false",
+            ("launch_buttons", "colab_url"): COLAB_URL if published else '""'}
+
+
+def buttons_on(config: dict) -> dict[str, bool]:
+    """Which buttons a parsed _config.yml switches on: {'repository': ..., 'colab': ...}."""
+    html, launch = config.get("html") or {}, config.get("launch_buttons") or {}
+    return {"repository": bool(html.get("use_repository_button")),
+            "colab": bool(launch.get("colab_url"))}
+
+
+def _set_values(lines: list[str], block: str, values: dict[str, str],
+                required: tuple[str, ...] = ()) -> None:
+    """Replace the values of `values`' keys in the top-level `block:` of the config lines (in
+    place), keeping indentation and end-of-line comments; a key that is missing is inserted at
+    the top of the block, unless it is in `required` (then it is an error)."""
+    starts = [i for i, line in enumerate(lines) if re.match(rf"{block}:\s*(#.*)?$", line)]
     if not starts:
-        raise RepositoryError("_config.yml has no top-level 'repository:' block")
-    done = set()
+        raise RepositoryError(f"_config.yml has no top-level '{block}:' block")
+    done, block_indent = set(), None
     for i in range(starts[0] + 1, len(lines)):
         line = lines[i]
         if line.strip() and not line[0].isspace():
             break  # the next top-level key
-        match = re.match(r"(\s+)(url|branch):(\s*)[^#\n]*?(\s*#.*)?(\n?)$", line)
-        if match:
+        match = re.match(r"(\s+)([A-Za-z_]+):(\s*)(?:\"[^\"\n]*\"|[^#\n])*?(\s*#.*)?(\n?)$",
+                         line)
+        if match and block_indent is None:
+            block_indent = match.group(1)   # the block's own keys; deeper ones are left alone
+        if match and match.group(2) in values and match.group(1) == block_indent:
             indent, key, space, comment, newline = match.groups()
-            value = url if key == "url" else branch
-            lines[i] = f"{indent}{key}:{space or ' '}{value}{comment or ''}{newline}"
+            lines[i] = f"{indent}{key}:{space or ' '}{values[key]}{comment or ''}{newline}"
             done.add(key)
-    if "url" not in done:
-        raise RepositoryError("_config.yml's 'repository:' block has no 'url:' line")
-    if "branch" not in done:
-        lines.insert(starts[0] + 1, f"  branch: {branch}\n")
+    for key in required:
+        if key not in done:
+            raise RepositoryError(f"_config.yml's '{block}:' block has no '{key}:' line")
+    for key in reversed([k for k in values if k not in done]):
+        lines.insert(starts[0] + 1, f"{block_indent or '  '}{key}: {values[key]}\n")
+
+
+def _rewrite_config(text: str, url: str, branch: str) -> str:
+    """Replace the url and branch values of the top-level `repository:` block and the button
+    switches of `html:` and `launch_buttons:` (button_settings), keeping the rest of the file
+    (its comments included) byte for byte."""
+    lines = text.splitlines(keepends=True)
+    _set_values(lines, "repository", {"url": url, "branch": branch}, required=("url",))
+    switches = button_settings(url)
+    for block in ("html", "launch_buttons"):
+        _set_values(lines, block, {key: value for (b, key), value in switches.items()
+                                   if b == block})
     return "".join(lines)
 
 
@@ -165,9 +201,14 @@ def set_repository(url: str, branch: str = "main", root: Path = ROOT) -> list[Pa
     url, branch = normalise_url(url), check_branch(branch)
     config = root / "_config.yml"
     new_config = _rewrite_config(config.read_text(), url, branch)
-    parsed = yaml.safe_load(new_config)["repository"]
+    parsed_config = yaml.safe_load(new_config)
+    parsed = parsed_config["repository"]
     if (parsed.get("url"), str(parsed.get("branch"))) != (url, branch):
         raise RepositoryError(f"could not rewrite _config.yml's repository: {parsed}")
+    published = not is_placeholder(url)
+    if buttons_on(parsed_config) != {"repository": published, "colab": published}:
+        raise RepositoryError("could not switch _config.yml's repository and Colab buttons "
+                              f"{'on' if published else 'off'}")
     source = install_cell_source(url, branch)
     notebooks = {}
     for path in chapters(root):
@@ -198,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     url, branch = read_repository(args.root)
-    print(f"repository set to {url} (branch {branch}); rewrote:")
+    state = ("off: the placeholder has no repository" if is_placeholder(url) else "on")
+    print(f"repository set to {url} (branch {branch}); repository and Colab buttons {state};"
+          " rewrote:")
     for path in files:
         print(f"  {path.relative_to(args.root)}")
     return 0
