@@ -30,6 +30,7 @@ RESULT_COMMANDS = {
     "likelihood_full.json": "python benchmarks/likelihood_speed.py --full-test-set",
     "likelihood_full_mnist-ve-is.json": "python benchmarks/likelihood_speed.py --full-test-set "
                                         "--model mnist-ve-is --tolerance 2e-3 --resume",
+    "flow_matching.json": "python benchmarks/flow_matching.py",
     "samplers.json": "python benchmarks/samplers.py",
     "samplers.png": "python benchmarks/samplers.py",
     "sampler_selection.json": "python benchmarks/samplers.py --selection",
