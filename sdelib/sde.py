@@ -237,8 +237,10 @@ class VESDE(SDE):
 class GeometricVESDE(SDE):
     """Variance exploding SDE of the paper: s(t) = s_min (s_max / s_min)^t, dx = sqrt(d[s^2]/dt) dw.
 
-    g(t) = s(t) sqrt(2 ln(s_max / s_min)); m(t) = 1; v(t) = s(t)^2 - s(0)^2 exactly. The paper writes
-    v(t) = s(t)^2, an approximation that is good once s(t) >> s_min; here the exact form is used."""
+    g(t) = s(t) sqrt(2 ln(s_max / s_min)); m(t) = 1; v(t) = s(t)^2 - s(0)^2 with s(0) = s_min: the
+    SDE started from the clean x_0 at t = 0 (the paper's general VE kernel, Appendix B). For SMLD
+    the paper sets the noise scale at t = 0 to 0 instead and has v(t) = s(t)^2 (Appendix C), the
+    process started from x_0 + s_min z; the two conventions differ by s_min^2 in variance."""
 
     name = "ve-geometric"
 
