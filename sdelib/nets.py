@@ -145,7 +145,8 @@ class ScoreNet(nn.Module):
     normalised log noise level instead of t (`noise_condition`).
 
     `output='velocity'` makes the U-Net's output h the probability-flow velocity
-    u = f(x, t) - g^2 s / 2 (flow matching; Lipman et al. 2023, eq. 5), and the net still returns
+    u = f(x, t) - g^2 s / 2 (the probability-flow drift, Song et al. 2021, eq. 13; flow matching
+    regresses it, Lipman et al. 2023, section 4.1), and the net still returns
     the score, s = 2 (A(t) x - h) / g(t)^2, so that every sampler and the likelihood take it."""
 
     def __init__(self, sde: SDE, channels=(32, 64, 128, 256), embed_dim: int = 256,

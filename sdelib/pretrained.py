@@ -81,6 +81,11 @@ SHIPPED = {
                     "--batch-size 128 --lr 5e-4 --channels-last --weighting likelihood "
                     "--importance-sampling --noise-input log_sigma --dequantize "
                     "--out mnist-subvp-train.pt --export mnist-subvp"),
+    "mnist-rf": ("ScoreNet for the rectified-flow path (1 - t) x0 + t z whose U-Net outputs the "
+                 "probability-flow velocity, trained by flow matching from eps = 1e-3",
+                 "python -m sdelib.train --sde rf --eps 1e-3 --epochs 30 --batch-size 128 "
+                 "--lr 5e-4 --channels-last --weighting flow_matching --output velocity "
+                 "--dequantize --out mnist-rf-train.pt --export mnist-rf"),
     "mnist-ve-cfg": ("class-conditional ScoreNet for the tutorial's VE SDE with a null label, "
                      "for classifier-free guidance",
                      "python -m sdelib.train --sde ve --epochs 20 --batch-size 128 --lr 5e-4 "

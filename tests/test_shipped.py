@@ -145,7 +145,8 @@ def _shipped_score_models():
     """Every shipped ScoreNet other than the tutorial's mnist-ve (tested above)."""
     from sdelib.pretrained import SHIPPED
     return sorted(name for name in SHIPPED
-                  if name.startswith(("mnist-ve", "mnist-vp", "mnist-subvp")) and name != "mnist-ve")
+                  if name.startswith(("mnist-ve", "mnist-vp", "mnist-subvp", "mnist-rf"))
+                  and name != "mnist-ve")
 
 
 @pytest.mark.parametrize("name", _shipped_score_models())
@@ -162,7 +163,7 @@ def test_shipped_score_model_is_its_logged_complete_run_and_beats_broken_nets(na
     images, labels = test_images[0][:256], test_images[1][:256]
     generator = torch.Generator().manual_seed(0)
     eps = settings["eps"]                                # the times it was trained on
-    t = torch.rand(256, generator=generator) * (1 - eps) + eps
+    t = torch.rand(256, generator=generator) * (sde.T - eps) + eps
     z = torch.randn(images.shape, generator=generator)
     conditional = getattr(model, "num_classes", 0) > 0
     score = (lambda x, t_: model(x, t_, labels)) if conditional else model
