@@ -32,7 +32,8 @@ import torch
 from matplotlib.figure import Figure
 
 __all__ = ["image_grid", "save_image_grid", "scatter_2d", "slider", "slider_mode", "live_frontend",
-           "SliderFrames", "LiveSlider", "SLIDER_MODES", "sweep_lines", "plot_sampler_sweep"]
+           "SliderFrames", "LiveSlider", "SLIDER_MODES", "sweep_lines", "plot_sampler_sweep",
+           "html_table"]
 
 SLIDER_MODES = ("live", "static")
 
@@ -274,6 +275,24 @@ def slider(render: Callable, values, *, label: str, fmt: str = "{}", live: bool 
     box = widgets.VBox([control, widgets.interactive_output(show, {"i": control})])
     display(box)
     return LiveSlider(values, labels, box)
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence]):
+    """A table (a header, then rows of cells) as an IPython HTML object: the HTML book renders
+    Markdown printed by a cell as plain text, pipes and all, but an HTML table as a table. Cells
+    are escaped, so a cell's text shows as written."""
+    from IPython.display import HTML
+
+    def cells(tag, row):
+        return "".join(f"<{tag}>{html.escape(str(cell))}</{tag}>" for cell in row)
+
+    width = len(header)
+    for row in rows:
+        if len(row) != width:
+            raise ValueError(f"every row of an html_table needs {width} cells (the header's), "
+                             f"got {len(row)}: {list(row)}")
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    return HTML(f"<table><thead><tr>{cells('th', header)}</tr></thead><tbody>{body}</tbody></table>")
 
 
 def sweep_lines(rows) -> list:

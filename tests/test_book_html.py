@@ -228,8 +228,13 @@ def test_pages_load_mathjax_from_the_book_not_a_cdn(html_dir, chapter_pages):
 
 
 def _button_links(html: str) -> dict[str, list[str]]:
-    """The Colab and repository links of a built page: {'colab': [...], 'repository': [...]}."""
-    hrefs = re.findall(r'href="([^"]+)"', html)
+    """The Colab and repository buttons of a built page: {'colab': [...], 'repository': [...]}.
+    Only the theme's buttons (anchors whose class names a button) count: a chapter may link to
+    another project's repository in its text (e.g. the score-SDE paper's code)."""
+    buttons = [anchor for anchor in re.findall(r"<a\s[^>]*>", html)
+               if re.search(r'class="[^"]*\bbtn\b', anchor)]
+    hrefs = [match.group(1) for anchor in buttons
+             for match in [re.search(r'href="([^"]+)"', anchor)] if match]
     return {"colab": [h for h in hrefs if h.startswith("https://colab.research.google.com/")],
             "repository": [h for h in hrefs
                            if re.fullmatch(r"https://github\.com/[^/]+/[^/]+/?", h)]}

@@ -306,3 +306,17 @@ def test_scatter_2d_labels_its_axes():
     assert ax.get_xlim() == (-5, 5)
     with pytest.raises(ValueError, match=r"points must have shape \(N, 2\)"):
         viz.scatter_2d(torch.randn(50, 3))
+
+
+def test_html_table_is_a_table_of_escaped_cells():
+    from sdelib.viz import html_table
+    table = html_table(["a", "b < c"], [["1", "<b>x</b>"], [2, 3.5]]).data
+    assert table.startswith("<table><thead><tr><th>a</th><th>b &lt; c</th></tr></thead>")
+    assert "<td>&lt;b&gt;x&lt;/b&gt;</td>" in table and "<td>3.5</td>" in table
+    assert table.count("<tr>") == 3
+
+
+def test_html_table_refuses_a_row_of_another_width():
+    from sdelib.viz import html_table
+    with pytest.raises(ValueError, match="needs 2 cells.*got 3"):
+        html_table(["a", "b"], [["1", "2", "3"]])
