@@ -16,7 +16,8 @@ Samplers, at each budget of N network evaluations (NFE) per sample:
     velocity at the end of the last step, at t = eps, where the learned velocity of an Euler
     guess far from the data is unreliable): (N - e) / 2 Heun steps and e Euler steps, e = 1 for
     odd N and 2 for even N, exactly N evaluations; at N <= 2 Heun is Euler.
-- each score model (`--score-models`), stopping at the noise level sigma~ = 0.032 of every model
+- each score model (`--score-models`) and the rectified-flow model read as a score model
+  (s = the score of its velocity), stopping at the noise level sigma~ = 0.032 of every model
   in models.json (`model_scores.sampling_eps`), with SDE-DPM-Solver++(2M) (`dpm_solver_sde`,
   order 2, EDM grid): eta = 6 (the book's best sampler at <= 50 NFE, models.json) and eta = 0 (the
   probability-flow ODE, DPM-Solver++(2M)); N - 1 steps (one evaluation each) and a final Tweedie
@@ -26,6 +27,10 @@ its NFE is counted (calls of the net per batch) and checked against N.
 Fréchet distance: --samples samples (clipped to [0, 1]) against the 10,000 MNIST test images in
 the shipped classifier's features (`metrics.frechet_distance`, not Inception FID), bootstrap
 standard error over 20 resamples, as benchmarks/model_scores.py.
+Differences, at each budget, between every sampler of the rectified-flow model and every sampler
+of each score model: the difference of their Fréchet distances and its paired bootstrap standard
+error (the same resampled rows of both, which share their starting draws z, and the same resampled
+reference), over 100 resamples.
 
 Straightness, per model of --straightness-models: --straightness-samples probability-flow paths
 from x(T) ~ prior to the noise level sigma~ = 0.032, solved by `heun_ode` with
@@ -40,10 +45,12 @@ from x(T) ~ prior to the noise level sigma~ = 0.032, solved by `heun_ode` with
   Both from the polyline through the kept states, which puts S slightly below and chord / arc
   slightly above their values for the continuous path.
 
-Bits/dim of the rectified-flow model: `model_scores.bpd_entry` (the first --bpd-images MNIST test
-images, uniformly dequantised, one Gaussian Hutchinson probe each, torchdiffeq dopri5 at
-rtol = atol = --tolerance, from the model's training eps), the numbers of models.json's likelihood
-entries, measured the same way.
+Bits/dim of the rectified-flow model from the score models' noise floor: `model_scores.bpd_entry`
+(the first --bpd-images MNIST test images, uniformly dequantised, one Gaussian Hutchinson probe
+each, torchdiffeq dopri5 at rtol = atol = --tolerance) from the time eps at which its noise level
+sigma~(eps) is the score models' at their likelihood eps in models.json (0.0032: VE at 1e-5, VP at
+1e-4), so that the floor a finite eps puts under the bound is the same for all (models.json has
+the figure from the model's own training eps, 1e-3, where sigma~ = 0.001).
 
 Writes sdelib/results/flow_matching.json (with the machine, command and date); the chapter
 "Flow matching" reads it. `--quick` is a smoke run (200 samples, NFE 1 and 2, 4 paths, 2 images).
@@ -68,12 +75,15 @@ from sdelib.metrics import (bootstrap_standard_error, classifier_features,  # no
 from sdelib.pretrained import CHECKPOINT_DIR, load_pretrained  # noqa: E402
 from sdelib.provenance import RESULTS_DIR, provenance, write_result  # noqa: E402
 from sdelib.samplers import dpm_solver_sde, heun_ode, heun_time_grid  # noqa: E402
+from sdelib.sde import VESDE  # noqa: E402
 
 OUT = RESULTS_DIR / "flow_matching.json"
 NFE = (1, 2, 4, 8, 16, 32, 50)
 RF_EPS = 1e-3                 # where the rectified-flow samplers stop (its training eps)
 STRAIGHTNESS_MODELS = ("mnist-rf", "mnist-ve", "mnist-ve-is", "mnist-vp", "mnist-subvp")
 N_BOOT = 20
+N_BOOT_DIFFERENCE = 100
+COMMON_FLOOR = VESDE(25.0).scaled_std(torch.tensor(1e-5, dtype=torch.float64))  # sigma~ = 0.0032
 NFE_ACCOUNTING = (
     "NFE counts network evaluations per sample. Euler: one per step. Heun: two per Heun step (the "
     "slopes at both ends) and one per Euler step; a budget of N ends with e Euler steps (e = 1 "
@@ -173,7 +183,8 @@ def start_noise(shape, seed, batch_index, device):
 
 
 def fd_row(sampler, name, model, sde, budget, n, batch, seed, device, classifier, reference):
-    """One row: `sampler` on model `name` at `budget` NFE, n samples, Fréchet distance ± SE."""
+    """One row: `sampler` on model `name` at `budget` NFE, n samples, Fréchet distance ± SE;
+    and the samples' features."""
     parts, start, counted, steps = [], time.perf_counter(), None, None
     for b, first in enumerate(range(0, n, batch)):
         z = start_noise((min(batch, n - first), 1, 28, 28), seed, b, device)
@@ -193,13 +204,30 @@ def fd_row(sampler, name, model, sde, budget, n, batch, seed, device, classifier
     if counted != budget:
         raise RuntimeError(f"{sampler} at a budget of {budget} NFE spent {counted}")
     features = classifier_features(classifier, torch.cat(parts))
-    return {"sampler": sampler, "model": name, "budget": budget, "nfe": counted, "steps": steps,
-            "settings": dict(SAMPLERS[sampler][1]), "n": n,
-            "frechet": frechet_distance(features, reference),
-            "frechet_standard_error": bootstrap_standard_error(
-                frechet_distance, features, reference, n_boot=N_BOOT,
-                generator=torch.Generator().manual_seed(seed)),
-            "seconds": time.perf_counter() - start}
+    row = {"sampler": sampler, "model": name, "budget": budget, "nfe": counted, "steps": steps,
+           "settings": dict(SAMPLERS[sampler][1]), "n": n,
+           "frechet": frechet_distance(features, reference),
+           "frechet_standard_error": bootstrap_standard_error(
+               frechet_distance, features, reference, n_boot=N_BOOT,
+               generator=torch.Generator().manual_seed(seed)),
+           "seconds": time.perf_counter() - start}
+    return row, features
+
+
+def paired_difference(features_a, features_b, reference, seed):
+    """FD(a) - FD(b) and its paired bootstrap standard error: row i of a and of b start from the
+    same draw z_i, so both are resampled with the same indices (and against the same resampled
+    reference); independent bootstraps would ignore the correlation the shared draws bring."""
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(N_BOOT_DIFFERENCE):
+        rows = torch.randint(len(features_a), (len(features_a),), generator=generator)
+        reference_rows = torch.randint(len(reference), (len(reference),), generator=generator)
+        resampled = reference[reference_rows]
+        values.append(frechet_distance(features_a[rows], resampled)
+                      - frechet_distance(features_b[rows], resampled))
+    return (frechet_distance(features_a, reference) - frechet_distance(features_b, reference),
+            float(torch.tensor(values, dtype=torch.float64).std()))
 
 
 @torch.no_grad()
@@ -254,22 +282,34 @@ def run(args, argv=None):
               "fd": {"n": args.samples, "batch": args.batch, "seed": args.seed,
                      "features": "penultimate layer (128) of the shipped mnist-classifier",
                      "reference": "the 10,000 MNIST test images", "budgets": list(args.nfe)},
-              "rows": []}
+              "rows": [], "differences": []}
     test_images = load_mnist("test")[0]
     classifier, _ = load("mnist-classifier", device)
     reference = classifier_features(classifier, test_images)
     models = {args.model: load(args.model, device)}
     models.update({name: load(name, device) for name in args.score_models})
     for budget in args.nfe:
+        features = {}
         for sampler, (kind, _) in SAMPLERS.items():
-            for name in ([args.model] if kind == "rf" else args.score_models):
-                row = fd_row(sampler, name, *models[name], budget, args.samples, args.batch,
-                             args.seed, device, classifier, reference)
+            for name in ([args.model] if kind == "rf" else [args.model, *args.score_models]):
+                row, features[name, sampler] = fd_row(
+                    sampler, name, *models[name], budget, args.samples, args.batch, args.seed,
+                    device, classifier, reference)
                 report["rows"].append(row)
                 print(f"{name:12s} {sampler:32s} {budget:3d} NFE: Fréchet distance "
                       f"{row['frechet']:8.2f} ± {row['frechet_standard_error']:.2f} "
                       f"({row['seconds']:.0f} s)", flush=True)
                 write_result(report, args.out)
+        for (name_a, sampler_a), features_a in features.items():
+            for (name_b, sampler_b), features_b in features.items():
+                if name_a == args.model and name_b != args.model:
+                    difference, error = paired_difference(features_a, features_b, reference,
+                                                          args.seed)
+                    report["differences"].append(
+                        {"budget": budget, "a": [name_a, sampler_a], "b": [name_b, sampler_b],
+                         "difference": difference, "standard_error": error,
+                         "n_boot": N_BOOT_DIFFERENCE})
+        write_result(report, args.out)
     report["straightness"] = {}
     z = start_noise((args.straightness_samples, 1, 28, 28), args.seed + 1, 0, device)
     for name in args.straightness_models:
@@ -281,11 +321,14 @@ def run(args, argv=None):
         write_result(report, args.out)
     if args.bpd_images:
         model, sde = models[args.model]
+        eps = float(f"{float(sde.time_of_scaled_std(COMMON_FLOOR)):.6g}")
         report["likelihood"] = model_scores.bpd_entry(
             model, sde, test_images[:args.bpd_images], args.seed, args.tolerance, args.bpd_batch,
-            device, log["settings"]["eps"])
+            device, eps)
+        report["likelihood"]["scaled_std_at_eps"] = float(COMMON_FLOOR)
         print(f"{args.model}: {report['likelihood']['bpd_mean']:.3f} ± "
-              f"{report['likelihood']['bpd_standard_error']:.3f} bits/dim", flush=True)
+              f"{report['likelihood']['bpd_standard_error']:.3f} bits/dim from eps = {eps} "
+              f"(sigma~ = {float(COMMON_FLOOR):.4f})", flush=True)
     write_result(report, args.out)
     return report
 

@@ -50,6 +50,7 @@ def patched(monkeypatch):
     monkeypatch.setattr(fm, "model_log", model_log)
     monkeypatch.setattr(fm, "load_mnist", lambda split: (images, torch.zeros(300).long()))
     monkeypatch.setattr(fm, "N_BOOT", 3)                     # bootstrap resamples (real: 20)
+    monkeypatch.setattr(fm, "N_BOOT_DIFFERENCE", 3)          # (real: 100)
     # bits/dim: model_scores.bpd_entry (tested in test_benchmarks.py) is recorded, not run
     calls = []
 
@@ -74,16 +75,29 @@ def test_smoke_run_writes_the_structure_the_chapter_reads(patched, tmp_path):
     nets, bpd_calls = patched
     report = json.loads(out.read_text())
     for key in ("machine", "device", "torch", "command", "date", "model", "sha256", "sde", "net",
-                "score_models", "nfe_accounting", "fd", "rows", "straightness", "likelihood"):
+                "score_models", "nfe_accounting", "fd", "rows", "differences", "straightness",
+                "likelihood"):
         assert key in report, key
     assert report["fd"]["budgets"] == [1, 3] and report["fd"]["n"] == 130
     rows = report["rows"]
-    assert len(rows) == 2 * len(fm.SAMPLERS)
+    # per budget: Euler and Heun on rf; both DPM-Solver++ samplers on rf (as a score model) and ve
+    assert len(rows) == 2 * 6
     for row in rows:
         assert row["nfe"] == row["budget"], row          # the counted calls
         assert row["n"] == 130 and math.isfinite(row["frechet"]) and row["frechet"] >= 0
         assert row["frechet_standard_error"] > 0
-        assert row["model"] == ("rf" if fm.SAMPLERS[row["sampler"]][0] == "rf" else "ve")
+    assert {(r["model"], r["sampler"]) for r in rows} == {
+        ("rf", "Euler"), ("rf", "Heun"),
+        *((name, sampler) for name in ("rf", "ve") for sampler in fm.SAMPLERS
+          if fm.SAMPLERS[sampler][0] == "score")}
+    # every rf row against every ve row, per budget: 4 x 2 x 2 budgets
+    differences = report["differences"]
+    assert len(differences) == 16
+    frechet = {(r["model"], r["sampler"], r["budget"]): r["frechet"] for r in rows}
+    for entry in differences:
+        assert entry["a"][0] == "rf" and entry["b"][0] == "ve" and entry["standard_error"] > 0
+        assert abs(entry["difference"] - (frechet[(*entry["a"], entry["budget"])]
+                                          - frechet[(*entry["b"], entry["budget"])])) < 1e-9
     steps = {(r["sampler"], r["budget"]): r["steps"] for r in rows}
     # Euler: N steps; Heun: (N - e) / 2 Heun steps + e Euler steps (e = 1 odd, 2 even N);
     # DPM-Solver++: N - 1 steps + Tweedie (1 step, no Tweedie, at N = 1)
@@ -97,13 +111,36 @@ def test_smoke_run_writes_the_structure_the_chapter_reads(patched, tmp_path):
         assert entry["S"] >= -1e-9 and 0 < entry["chord_over_arc"] <= 1 + 1e-9
         assert entry["nfe"] == 6 and entry["n"] == 3
         assert abs(entry["sigma_end"] - 0.032) < 1e-3
-    # the rectified-flow model's bits/dim, from its training eps, as models.json measures them
+    # the rectified-flow model's bits/dim from the score models' floor: sigma~(eps) = t / (1 - t)
+    # equal to VE's at 1e-5, sqrt((25^(2e-5) - 1) / (2 ln 25)) = 0.0031625
+    floor = math.sqrt(math.expm1(2e-5 * math.log(25.0)) / (2 * math.log(25.0)))
+    assert abs(floor - 0.003163) < 1e-6
     assert len(bpd_calls) == 1
     call = bpd_calls[0]
     assert call["model"] is nets["rf"][0] and call["sde"] is nets["rf"][1]
-    assert (call["n"], call["seed"], call["tolerance"], call["batch"], call["eps"]) == (
-        2, 0, 1e-2, 2, 1e-3)
+    assert (call["n"], call["seed"], call["tolerance"], call["batch"]) == (2, 0, 1e-2, 2)
+    assert abs(call["eps"] - floor / (1 + floor)) < 1e-8 and abs(call["eps"] - 1e-3) > 1e-3
+    assert abs(report["likelihood"]["scaled_std_at_eps"] - floor) < 1e-10
     assert report["likelihood"]["bpd_mean"] == 1.0
+
+
+def test_paired_difference_resamples_both_rows_alike():
+    """Rows that share their starting draws are resampled together, so b = a has difference 0
+    with standard error 0, where resampling the two independently (the negative control) gives a
+    positive one; a shifted b has the difference of the two Fréchet distances."""
+    generator = torch.Generator().manual_seed(5)
+    a = torch.randn(200, 3, dtype=torch.float64, generator=generator)
+    reference = torch.randn(300, 3, dtype=torch.float64, generator=generator)
+    difference, error = fm.paired_difference(a, a.clone(), reference, seed=0)
+    assert difference == 0 and error == 0
+    independent = fm.bootstrap_standard_error(
+        lambda x, y, r: fm.frechet_distance(x, r) - fm.frechet_distance(y, r), a, a.clone(),
+        reference, n_boot=20)
+    assert independent > 1e-3
+    shifted = a + 0.5
+    difference, error = fm.paired_difference(shifted, a, reference, seed=0)
+    assert abs(difference - (fm.frechet_distance(shifted, reference)
+                             - fm.frechet_distance(a, reference))) < 1e-12 and error > 0
 
 
 class StraightFlow:
