@@ -135,7 +135,8 @@ def ddim(score_fn, sde: SDE, x_init: torch.Tensor, times=None, *, steps: int = 2
         x_{i+1} = m_{i+1} x0_hat + std_{i+1} eps_hat,
 
     on `times` (decreasing, from T; default `samplers.heun_time_grid(sde, steps, eps, rho)`, the
-    grid of `edm_stochastic`). One score evaluation per step; this equals `edm_stochastic(...,
+    grid of `edm_stochastic`; explicit times must end at or above the model's training eps, as
+    `eps` must). One score evaluation per step; this equals `edm_stochastic(...,
     order=1, churn=0.0)` up to round-off (module docstring)."""
     check_instance("sde", sde, SDE, "VESDE(25.0)")
     check_callable("score_fn", score_fn)
@@ -147,6 +148,10 @@ def ddim(score_fn, sde: SDE, x_init: torch.Tensor, times=None, *, steps: int = 2
     check_tensor("times", times)
     if times.ndim != 1 or len(times) < 2 or not bool((times[1:] < times[:-1]).all()):
         raise ValueError("times must be a 1-D tensor of at least 2 decreasing times")
+    trained = getattr(score_fn, "trained_eps", None)
+    if trained is not None and float(times[-1]) < trained * (1 - 1e-9):
+        raise ValueError(f"times end at t={float(times[-1]):g}, below eps={trained:g}, the "
+                         f"smallest time this model was trained on: end the grid at t >= {trained:g}")
     score_fn = checked_score_fn(score_fn)
     times = times.to(torch.float64)
     means, stds = sde.mean_coeff(times), sde.marginal_std(times)

@@ -57,6 +57,15 @@ def test_an_eps_below_the_models_is_refused_naming_both(call):
     call(GaussianScore(1e-3))          # negative control: at the model's eps it runs
 
 
+def test_ddim_on_explicit_times_refuses_a_grid_below_the_models_eps():
+    times = torch.tensor([1.0, 0.5, 1e-3], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"t=0\.001, below eps=0\.01"):
+        ddim(GaussianScore(1e-2), SDE, torch.zeros(2, 2), times)
+    # the same grid is fine for a model trained from 1e-3 and for one with no training eps
+    for score_fn in (GaussianScore(1e-3), GaussianScore()):
+        assert ddim(score_fn, SDE, torch.zeros(2, 2), times).nfe == 2
+
+
 def test_the_likelihood_starts_at_the_models_eps_by_default():
     x = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     by_default = ode_likelihood(GaussianScore(0.05), SDE, x, divergence="exact")
