@@ -12,7 +12,14 @@ is minimised by the true score grad log p_t. Two weightings:
   bound on the negative log-likelihood; loss = (g / std)^2 |s std + z|^2;
 - 'flow_matching': lambda = g(t)^4 / 4, loss = (g^2 / (2 std))^2 |s std + z|^2: the conditional
   flow-matching loss |u - u(x_t | x_0)|^2 of the velocity u = f - g^2 s / 2 (Lipman et al. 2023,
-  eq. 9), since its target is u(x_t | x_0) = f(x_t, t) + g^2 z / (2 std) (`flow_matching_loss`).
+  eq. 9), since its target is u(x_t | x_0) = f(x_t, t) + g^2 z / (2 std) (`flow_matching_loss`);
+- 'edm': EDM's loss lambda(sigma~) |D - x_0|^2 in the rescaled state x~ = x / m, with
+  lambda = (sigma~^2 + sigma_data^2) / (sigma~ sigma_data)^2 (Karras et al. 2022, eq. 8 and
+  Table 1) and D = (x + std^2 s) / m the denoiser of the score s (Tweedie's formula). Since
+  x / m = x_0 + sigma~ z and std^2 / m = sigma~ std, D - x_0 = sigma~ (s std + z), so the loss is
+  (1 + sigma~^2 / sigma_data^2) |s std + z|^2;
+  EDM draws its noise levels with ln sigma~ ~ N(P_mean, P_std^2) (`sample_time(log_normal=...)`,
+  `EDM_LOG_NORMAL`), and with `ScoreNet(output='denoiser')` every term is then of order one.
 `dsm_loss` sums over data dimensions and averages over the batch, as the tutorial does.
 
 Importance sampling of t for the likelihood weighting (Song, Durkan, Murray & Ermon 2021, Sec. 5):
@@ -41,11 +48,15 @@ from .checks import (check_batch_nonempty, check_bool, check_callable, check_cho
                      check_tensor)
 from .sde import SDE, append_dims, normal_like
 
-__all__ = ["WEIGHTINGS", "PROJECTIONS", "dsm_loss", "sample_time", "importance_weight",
+__all__ = ["WEIGHTINGS", "PROJECTIONS", "EDM_LOG_NORMAL", "dsm_loss", "sample_time",
+           "edm_log_normal", "importance_weight",
            "log_scaled_variance_range", "implicit_score_matching_loss",
            "sliced_score_matching_loss"]
 
-WEIGHTINGS = ("std2", "likelihood", "flow_matching")
+WEIGHTINGS = ("std2", "likelihood", "flow_matching", "edm")
+# EDM's noise-level distribution, ln sigma~ ~ N(-1.2, 1.2^2), for data of std sigma_data = 0.5
+# (Karras et al. 2022, Table 1); for other data it shifts by ln(sigma_data / 0.5)
+EDM_LOG_NORMAL = (-1.2, 1.2)
 PROJECTIONS = ("gaussian", "rademacher")
 
 
@@ -62,20 +73,41 @@ def log_scaled_variance_range(sde: SDE, eps: float) -> float:
 
 
 def sample_time(sde: SDE, batch: int, *, eps: float = 1e-5, importance_sampling: bool = False,
+                log_normal: tuple[float, float] | None = None,
                 generator: torch.Generator | None = None, device=None,
                 dtype=torch.float32) -> torch.Tensor:
     """Diffusion times for a DSM batch: t ~ U(eps, T), or with `importance_sampling` t with density
-    g(t)^2 / (v(t) Z) on [eps, T], i.e. ln sigma~(t)^2 uniform (see the module docstring)."""
+    g(t)^2 / (v(t) Z) on [eps, T], i.e. ln sigma~(t)^2 uniform (see the module docstring), or with
+    `log_normal=(P_mean, P_std)` ln sigma~(t) ~ N(P_mean, P_std^2) (EDM's noise levels, Karras et
+    al. 2022, Table 1), each draw outside [sigma~(eps), sigma~(T)] clamped to that range."""
     check_instance("sde", sde, SDE, "VESDE(25.0)")
     batch = check_positive_int("batch", batch)
     eps = check_real("eps", eps, low=0.0, high=sde.T, low_open=True, high_open=True)
     check_generator("generator", generator)
+    if log_normal is not None:
+        if importance_sampling:
+            raise ValueError("give importance_sampling or log_normal, not both")
+        if not isinstance(log_normal, (tuple, list)) or len(log_normal) != 2:
+            raise ValueError(f"log_normal must be a pair (P_mean, P_std), got {log_normal!r}")
+        p_mean = check_real("log_normal[0] (P_mean)", log_normal[0])
+        p_std = check_real("log_normal[1] (P_std)", log_normal[1], low=0.0, low_open=True)
+        n = torch.randn(batch, generator=generator, device=device, dtype=torch.float64)
+        ends = sde.scaled_std(torch.tensor([eps, sde.T], dtype=torch.float64)).tolist()
+        sigma = torch.exp(p_mean + p_std * n).clamp(*ends)
+        return sde.time_of_scaled_std(sigma).clamp(eps, sde.T).to(dtype)
     u = torch.rand(batch, generator=generator, device=device, dtype=dtype)
     if not importance_sampling:
         return u * (sde.T - eps) + eps
     log_low, log_high = _log_scaled_variance_ends(sde, eps)
     sigma = torch.exp(0.5 * (log_low + u.double() * (log_high - log_low)))
     return sde.time_of_scaled_std(sigma).clamp(eps, sde.T).to(dtype)
+
+
+def edm_log_normal(sigma_data: float = 0.5) -> tuple[float, float]:
+    """EDM's (P_mean, P_std) for data of std sigma_data: (-1.2 + ln(sigma_data / 0.5), 1.2), the
+    paper's distribution of noise levels scaled with the data (Karras et al. 2022, Table 1)."""
+    sigma_data = check_real("sigma_data", sigma_data, low=0.0, low_open=True)
+    return EDM_LOG_NORMAL[0] + math.log(sigma_data / 0.5), EDM_LOG_NORMAL[1]
 
 
 def importance_weight(sde: SDE, eps: float) -> float:
@@ -87,13 +119,16 @@ def importance_weight(sde: SDE, eps: float) -> float:
 def dsm_loss(score_fn, sde: SDE, x0: torch.Tensor, *, eps: float = 1e-5, weighting: str = "std2",
              importance_sampling: bool = False, t: torch.Tensor | None = None,
              z: torch.Tensor | None = None, generator: torch.Generator | None = None,
-             reduce: bool = True, check_finite: bool = True) -> torch.Tensor:
+             reduce: bool = True, check_finite: bool = True,
+             sigma_data: float = 0.5) -> torch.Tensor:
     """Denoising score-matching loss of `score_fn(x, t)` on a batch x0.
 
     t and z may be given (common random numbers for comparisons); otherwise t is drawn by
     `sample_time` and z ~ N(0, I), both with `generator`. With `importance_sampling` (likelihood
     weighting only) t follows the density g^2 / v and the result estimates the same
-    likelihood-weighted loss as uniform t, with far smaller variance. Returns the batch mean, or
+    likelihood-weighted loss as uniform t, with far smaller variance. The 'edm' weighting draws t
+    with ln sigma~ ~ N(P_mean, P_std^2) (`EDM_LOG_NORMAL` shifted by ln(sigma_data / 0.5)) and
+    weights by 1 + sigma~^2 / sigma_data^2 (module docstring). Returns the batch mean, or
     per-sample losses (batch,) if reduce=False (for mean ± standard error). `check_finite`
     checks x0 and the loss for NaN / inf (two synchronisations); `train` checks its data once
     and its loss at every step itself, so it turns this off."""
@@ -110,9 +145,11 @@ def dsm_loss(score_fn, sde: SDE, x0: torch.Tensor, *, eps: float = 1e-5, weighti
     if importance_sampling and weighting != "likelihood":
         raise ValueError("importance_sampling draws t for the 'likelihood' weighting; "
                          f"got weighting={weighting!r}")
+    sigma_data = check_real("sigma_data", sigma_data, low=0.0, low_open=True)
     batch = x0.shape[0]
     if t is None:
         t = sample_time(sde, batch, eps=eps, importance_sampling=importance_sampling,
+                        log_normal=edm_log_normal(sigma_data) if weighting == "edm" else None,
                         generator=generator, device=x0.device, dtype=x0.dtype)
     if z is None:
         z = normal_like(x0, generator)
@@ -127,6 +164,8 @@ def dsm_loss(score_fn, sde: SDE, x0: torch.Tensor, *, eps: float = 1e-5, weighti
         per_sample = per_sample * (sde.diffusion(t) / std) ** 2
     elif weighting == "flow_matching":
         per_sample = per_sample * (sde.diffusion(t) ** 2 / (2 * std)) ** 2
+    elif weighting == "edm":
+        per_sample = per_sample * (1 + (sde.scaled_std(t) / sigma_data) ** 2)
     loss = per_sample.mean() if reduce else per_sample
     if check_finite and not bool(torch.isfinite(loss).all()):
         raise FloatingPointError("dsm_loss: the loss is NaN or infinite although x0 is finite: "

@@ -82,7 +82,7 @@ class Dense(nn.Module):
 
 
 NOISE_INPUTS = ("time", "log_sigma")
-OUTPUTS = ("score", "velocity")
+OUTPUTS = ("score", "velocity", "denoiser")
 
 
 def score_of_velocity(sde: SDE, x: torch.Tensor, t: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
@@ -147,11 +147,16 @@ class ScoreNet(nn.Module):
     `output='velocity'` makes the U-Net's output h the probability-flow velocity
     u = f(x, t) - g^2 s / 2 (the probability-flow drift, Song et al. 2021, eq. 13; flow matching
     regresses it, Lipman et al. 2023, section 4.1), and the net still returns
-    the score, s = 2 (A(t) x - h) / g(t)^2, so that every sampler and the likelihood take it."""
+    the score, s = 2 (A(t) x - h) / g(t)^2, so that every sampler and the likelihood take it.
+
+    `output='denoiser'` is EDM's preconditioning (Karras et al. 2022, eq. 7; `edm_preconditioning`
+    with `sigma_data`) in the rescaled state x~ = x / m(t) at noise level sigma~(t): the U-Net sees
+    c_in x~, and D = c_skip x~ + c_out h estimates E[x_0 | x_t]; the net returns the score
+    s = (m D - x) / std^2 (Tweedie's formula, std = m sigma~)."""
 
     def __init__(self, sde: SDE, channels=(32, 64, 128, 256), embed_dim: int = 256,
                  image_channels: int = 1, noise_input: str = "time", noise_eps: float = 1e-5,
-                 num_classes: int = 0, output: str = "score"):
+                 num_classes: int = 0, output: str = "score", sigma_data: float = 0.5):
         super().__init__()
         num_classes = check_int("num_classes", num_classes, minimum=0)
         if noise_input not in NOISE_INPUTS:
@@ -159,6 +164,7 @@ class ScoreNet(nn.Module):
         if output not in OUTPUTS:
             raise ValueError(f"unknown output {output!r}; choose one of {OUTPUTS}")
         self.output = output
+        self.sigma_data = check_real("sigma_data", sigma_data, low=0.0, low_open=True)
         self.sde = sde
         self.channels, self.embed_dim, self.image_channels = tuple(channels), embed_dim, image_channels
         self.noise_input, self.noise_eps = noise_input, float(noise_eps)
@@ -210,6 +216,22 @@ class ScoreNet(nn.Module):
             raise ValueError("this ScoreNet is not class-conditional (num_classes = 0): "
                              "call it without a label")
         embed = swish(embed)
+        if self.output == "denoiser":
+            mean = append_dims(self.sde.mean_coeff(t), x.ndim)
+            c_skip, c_out, c_in, _ = (append_dims(c, x.ndim).to(x.dtype) for c in
+                                      edm_preconditioning(self.sde.scaled_std(t), self.sigma_data))
+            x_scaled = x / mean.to(x.dtype)
+            h = self._unet(c_in * x_scaled, embed)
+            denoised = c_skip * x_scaled + c_out * h
+            std = append_dims(self.sde.marginal_std(t), x.ndim).to(x.dtype)
+            return (mean.to(x.dtype) * denoised - x) / std ** 2
+        h = self._unet(x, embed)
+        if self.output == "velocity":
+            return score_of_velocity(self.sde, x, t, h)
+        return h / append_dims(self.sde.marginal_std(t), h.ndim).to(h.dtype)
+
+    def _unet(self, x: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
+        """The U-Net's raw output h for input x and the (swished) embedding."""
         h1 = swish(self.gnorm1(self.conv1(x) + self.dense1(embed)))
         h2 = swish(self.gnorm2(self.conv2(h1) + self.dense2(embed)))
         h3 = swish(self.gnorm3(self.conv3(h2) + self.dense3(embed)))
@@ -217,10 +239,7 @@ class ScoreNet(nn.Module):
         h = swish(self.tgnorm4(self.tconv4(h4) + self.dense5(embed)))
         h = swish(self.tgnorm3(self.tconv3(torch.cat([h, h3], dim=1)) + self.dense6(embed)))
         h = swish(self.tgnorm2(self.tconv2(torch.cat([h, h2], dim=1)) + self.dense7(embed)))
-        h = self.tconv1(torch.cat([h, h1], dim=1))
-        if self.output == "velocity":
-            return score_of_velocity(self.sde, x, t, h)
-        return h / append_dims(self.sde.marginal_std(t), h.ndim).to(h.dtype)
+        return self.tconv1(torch.cat([h, h1], dim=1))
 
     def config(self) -> dict:
         config = {"name": "ScoreNet", "channels": list(self.channels), "embed_dim": self.embed_dim,
@@ -231,6 +250,8 @@ class ScoreNet(nn.Module):
             config.update(num_classes=self.num_classes)
         if self.output != "score":  # and for score nets
             config.update(output=self.output)
+        if self.output == "denoiser":
+            config.update(sigma_data=self.sigma_data)
         return config
 
 

@@ -34,7 +34,7 @@ from torch import nn
 from .checks import (check_bool, check_choice, check_data, check_instance, check_int,
                      check_labels, check_positive_int, check_real, check_tensor)
 from .device import Precision, autocast, default_device
-from .losses import WEIGHTINGS, dsm_loss, importance_weight, sample_time
+from .losses import WEIGHTINGS, dsm_loss, edm_log_normal, importance_weight, sample_time
 from .metrics import classifier_accuracy
 from .nets import ScoreNet
 from .pretrained import (CHECKPOINT_DIR, CheckpointError, deferred_sigint, export_pretrained,
@@ -51,7 +51,7 @@ __all__ = ["TRAINING_SETTINGS", "SCHEDULES", "train", "train_classifier", "learn
 # The settings a training run records (its checkpoint's "settings"); their defaults are written once,
 # in `train`'s signature, and the CLI is built from them.
 TRAINING_SETTINGS = ("epochs", "batch_size", "lr", "warmup_steps", "schedule", "ema_decay",
-                     "grad_clip", "eps", "weighting", "importance_sampling", "dequantize", "seed",
+                     "grad_clip", "eps", "weighting", "importance_sampling", "sigma_data", "dequantize", "seed",
                      "bf16", "channels_last", "compile")
 
 # ------------------------------------------------------------------------------------------------
@@ -99,8 +99,8 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
           batch_size: int = 128, lr: float = 5e-4, warmup_steps: int = 500, schedule: str = "cosine",
           ema_decay: float = 0.999, grad_clip: float = 1.0, eps: float = 1e-5, weighting: str = "std2",
-          importance_sampling: bool = False, dequantize: bool = False, seed: int = 0,
-          labels: torch.Tensor | None = None, label_dropout: float = 0.1,
+          importance_sampling: bool = False, sigma_data: float = 0.5, dequantize: bool = False,
+          seed: int = 0, labels: torch.Tensor | None = None, label_dropout: float = 0.1,
           device=None, checkpoint: str | Path | None = None,
           checkpoint_every: float = 120.0, time_budget: float | None = None, max_steps: int | None = None,
           bf16: bool = False, channels_last: bool = False, compile: bool = False,
@@ -138,6 +138,10 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
     if importance_sampling and weighting != "likelihood":
         raise ValueError("importance_sampling draws t for the 'likelihood' weighting; "
                          f"got weighting={weighting!r}")
+    sigma_data = check_real("sigma_data", sigma_data, low=0.0, low_open=True)
+    if getattr(model, "output", None) == "denoiser" and model.sigma_data != sigma_data:
+        raise ValueError(f"the model's sigma_data is {model.sigma_data:g} but the loss would use "
+                         f"sigma_data={sigma_data:g}: give the same value to both")
     seed = check_int("seed", seed, minimum=0)
     checkpoint_every = check_real("checkpoint_every", checkpoint_every, low=0.0, low_open=True,
                                   finite=False)
@@ -182,7 +186,8 @@ def train(model: nn.Module, sde: SDE, images: torch.Tensor, *, epochs: int = 30,
 
 
 def _train(*, model, sde, images, epochs, batch_size, lr, warmup_steps, schedule, ema_decay,
-           grad_clip, eps, weighting, importance_sampling, dequantize, seed, labels, label_dropout,
+           grad_clip, eps, weighting, importance_sampling, sigma_data, dequantize, seed, labels,
+           label_dropout,
            num_classes, device, checkpoint,
            checkpoint_every, time_budget, max_steps, bf16, channels_last, compile, precision,
            progress, rank, world, n, steps_per_epoch, total_steps, settings, tqdm, **_) -> dict:
@@ -244,6 +249,7 @@ def _train(*, model, sde, images, epochs, batch_size, lr, warmup_steps, schedule
     # With importance sampling the loss carries the constant Z / (T - eps) (about 16 for the
     # tutorial's VE); the step uses loss / Z so that grad_clip sees gradients of the usual size.
     loss_scale = importance_weight(sde, eps) if importance_sampling else 1.0
+    log_normal = edm_log_normal(sigma_data) if weighting == "edm" else None  # EDM's noise levels
     # `precision` (from device.precision) overrides the bf16 switch; fp16 needs a gradient scaler,
     # which is a no-op pass-through when disabled.
     chosen = precision or Precision(torch.bfloat16 if bf16 else torch.float32, False,
@@ -263,7 +269,7 @@ def _train(*, model, sde, images, epochs, batch_size, lr, warmup_steps, schedule
                 perm, perm_epoch = epoch_permutation(n, seed, epoch).to(device), epoch
             idx = perm[i * batch_size:(i + 1) * batch_size]
             t = sample_time(sde, batch_size, eps=eps, importance_sampling=importance_sampling,
-                            generator=noise_gen, device=device)
+                            log_normal=log_normal, generator=noise_gen, device=device)
             z = torch.randn((batch_size,) + tuple(data.shape[1:]), generator=noise_gen, device=device)
             shard = slice(rank * local, (rank + 1) * local)
             x0 = data[idx[shard]]
@@ -282,7 +288,7 @@ def _train(*, model, sde, images, epochs, batch_size, lr, warmup_steps, schedule
                 with autocast(device, chosen):
                     loss = dsm_loss(score_fn, sde, x0, t=t[shard], z=z[shard].to(x0.dtype),
                                     weighting=weighting, importance_sampling=importance_sampling,
-                                    eps=eps, check_finite=False)
+                                    eps=eps, check_finite=False, sigma_data=sigma_data)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss / loss_scale).backward()
             except torch.cuda.OutOfMemoryError as exc:
@@ -437,7 +443,9 @@ _HELP = {
     "lr": "peak learning rate of Adam (after the warm-up)",
     "schedule": "cosine | constant, after the linear warm-up",
     "eps": "smallest diffusion time of the training draws",
-    "weighting": "std2 (the tutorial's) | likelihood (g^2) | flow_matching (g^4 / 4)",
+    "weighting": "std2 (the tutorial's) | likelihood (g^2) | flow_matching (g^4 / 4) | edm "
+                 "(Karras et al. 2022: ln sigma~ normal, weight 1 + sigma~^2 / sigma_data^2)",
+    "sigma_data": "the data's std for the edm weighting and a denoiser net's preconditioning",
     "importance_sampling": "t with density g^2/v (likelihood weighting): ln sigma~^2 uniform",
     "dequantize": "train on uniformly dequantised images (255 x + u) / 256",
     "seed": "seed of the net's initialisation, the batches and the noise",
@@ -474,9 +482,9 @@ def main(argv=None) -> None:
     _add_setting_arguments(parser)
     parser.add_argument("--noise-input", default="time", choices=["time", "log_sigma"],
                         help="what ScoreNet's time embedding is fed")
-    parser.add_argument("--output", default="score", choices=["score", "velocity"],
-                        help="what the U-Net outputs: the score (x 1/std) or, for flow matching, "
-                             "the probability-flow velocity")
+    parser.add_argument("--output", default="score", choices=["score", "velocity", "denoiser"],
+                        help="what the U-Net outputs: the score (x 1/std), for flow matching the "
+                             "probability-flow velocity, or EDM's preconditioned denoiser")
     parser.add_argument("--class-conditional", action="store_true",
                         help="a class-conditional ScoreNet (classifier-free guidance)")
     parser.add_argument("--label-dropout", type=float, default=0.1,
@@ -511,7 +519,8 @@ def main(argv=None) -> None:
     # a log-sigma net normalises its noise input over the noise levels it is trained on
     noise = dict(noise_eps=args.eps) if args.noise_input == "log_sigma" else {}
     model = ScoreNet(sde, noise_input=args.noise_input, **noise,
-                     num_classes=10 if args.class_conditional else 0, output=args.output)
+                     num_classes=10 if args.class_conditional else 0, output=args.output,
+                     sigma_data=args.sigma_data)
     conditional = dict(labels=labels, label_dropout=args.label_dropout) \
         if args.class_conditional else {}
     try:

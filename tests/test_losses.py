@@ -169,7 +169,7 @@ def test_likelihood_weighting_is_g2_over_std2_times_the_std2_loss(name):
     assert_close(lik, torch.as_tensor(g2 / v) * std2, rtol=1e-10, atol=0)
     flow = dsm_loss(score, sde, x0, t=t, z=z, weighting="flow_matching", reduce=False)
     assert_close(flow, torch.as_tensor(g2 ** 2 / (4 * v)) * std2, rtol=1e-10, atol=0)
-    assert set(WEIGHTINGS) == {"std2", "likelihood", "flow_matching"}
+    assert set(WEIGHTINGS) == {"std2", "likelihood", "flow_matching", "edm"}  # edm: test_edm.py
 
 
 def test_random_t_and_z_are_seeded_and_t_lies_in_eps_one():
