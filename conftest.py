@@ -13,11 +13,6 @@ os.environ.setdefault("SDELIB_QUICK", "1")
 
 NOTEBOOK_TIMEOUT = 1800   # seconds per cell, as the book build allows
 
-# A chapter still being written is neither in _toc.yml (so not built) nor run as a test: the flow-
-# matching chapter needs the mnist-rf model and its benchmark result before it can run.
-collect_ignore = ["book/flow_matching.ipynb"]
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: drives the Debian Chromium (skips without it)")
     if importlib.util.find_spec("nbmake") is not None and hasattr(config.option, "nbmake"):

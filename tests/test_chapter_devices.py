@@ -396,7 +396,7 @@ def test_samplers_given_a_network_are_told_the_device(reports, chapter):
 def test_the_chapters_with_networks_are_the_expected_ones(reports):
     with_networks = {name for name, report in reports.items() if report.networks}
     assert with_networks == {"intro", "score_matching", "training", "sampling", "latents",
-                             "likelihood", "controllable", "which_sampler"}
+                             "flow_matching", "likelihood", "controllable", "which_sampler"}
 
 
 def test_the_check_looks_at_generators_passed_with_networks(reports):
