@@ -18,7 +18,7 @@ All share one signature,
   x0_hat = (x + std(eps)^2 s(x, eps)) / m(eps), the posterior mean of x_0, one more evaluation.
 
 Song et al. (2021): Euler–Maruyama on the reverse SDE eq. (6); predictor–corrector Alg. 1 with the
-Langevin corrector Alg. 5 (alpha_i for VP-type SDEs) and the reverse-diffusion predictor eq. (47);
+Langevin corrector Alg. 5 (alpha_i for VP-type SDEs) and the reverse-diffusion predictor eq. (46);
 probability-flow ODE eq. (13) with RK45 (scipy, as the tutorial) or dopri5 (torchdiffeq, batched on
 the device); and a few-step deterministic solver of the same ODE, Heun's 2nd-order method on the
 time grid of Karras et al. (2022, "EDM", Alg. 1 and eq. 5), `heun_ode`; EDM's stochastic sampler
@@ -152,7 +152,7 @@ def predictor_corrector(score_fn, sde: SDE, shape, *, steps: int = 500, snr: flo
                         x_init=None, device=None) -> SamplerResult:
     """Predictor–corrector sampling (paper Alg. 1). At each t_i the tutorial's order: first
     `corrector_steps` Langevin steps at signal-to-noise ratio `snr`, then one predictor step:
-    'euler_maruyama' (the tutorial's default) or 'reverse_diffusion' (the paper's, eq. (47):
+    'euler_maruyama' (the tutorial's default) or 'reverse_diffusion' (the paper's, eq. (46):
     x_mean = x - f_i + G_i^2 s, x = x_mean + G_i z with (f_i, G_i) = sde.discretize).
     Returns the last x_mean; nfe = steps * (1 + corrector_steps)."""
     shape, steps, eps = check_sampler_arguments(shape, steps, eps, sde, score_fn=score_fn,

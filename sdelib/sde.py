@@ -148,9 +148,10 @@ class SDE(abc.ABC):
                 - sum_sq / (2 * self.prior_std ** 2))
 
     def discretize(self, x: torch.Tensor, t: torch.Tensor, dt: float):
-        """One forward step of size dt as x_{i+1} = x_i + f_i + G_i z (Euler–Maruyama by default).
+        """One forward step of size dt as x_{i+1} = x_i + f_i + G_i z (paper eq. (45); Euler–Maruyama
+        by default).
 
-        Used by the reverse-diffusion predictor (paper eq. (47)); VE and VP override it with the
+        Used by the reverse-diffusion predictor (paper eq. (46)); VE and VP override it with the
         discretisations of SMLD and DDPM."""
         return self.drift(x, t) * dt, self.diffusion(t) * math.sqrt(dt)
 
@@ -225,7 +226,7 @@ class VESDE(SDE):
         return math.sqrt((self.sigma ** (2 * self.T) - 1.0) / (2 * math.log(self.sigma)))
 
     def discretize(self, x, t, dt):
-        """SMLD chain: x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z (paper eq. (45))."""
+        """SMLD chain: x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z (paper eq. (8))."""
         var_now = self.marginal_std(t) ** 2
         var_prev = self.marginal_std(torch.clamp(t - dt, min=0.0)) ** 2
         return torch.zeros_like(x), torch.sqrt(var_now - var_prev)
@@ -277,7 +278,7 @@ class GeometricVESDE(SDE):
         return math.sqrt(self.sigma_max ** 2 - self.sigma_min ** 2)
 
     def discretize(self, x, t, dt):
-        """SMLD chain with sigma_i = s(t_i) (paper eq. (45))."""
+        """SMLD chain with sigma_i = s(t_i) (paper eq. (8))."""
         s_now, s_prev = self.sigma(t), self.sigma(torch.clamp(t - dt, min=0.0))
         return torch.zeros_like(x), torch.sqrt(s_now ** 2 - s_prev ** 2)
 
@@ -355,7 +356,7 @@ class VPSDE(_BetaSchedule, SDE):
 
     def discretize(self, x, t, dt):
         """DDPM chain: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z, beta_i = beta(t_i) dt
-        (paper eq. (46))."""
+        (paper eq. (10))."""
         beta_i = self.beta(t) * dt
         return (append_dims(torch.sqrt(1.0 - beta_i), x.ndim) - 1.0) * x, torch.sqrt(beta_i)
 

@@ -277,20 +277,37 @@ def slider(render: Callable, values, *, label: str, fmt: str = "{}", live: bool 
     return LiveSlider(values, labels, box)
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence]):
+def html_table(header: Sequence[str], rows: Sequence[Sequence], right: Sequence[int] = ()):
     """A table (a header, then rows of cells) as an IPython HTML object: the HTML book renders
     Markdown printed by a cell as plain text, pipes and all, but an HTML table as a table. Cells
-    are escaped, so a cell's text shows as written."""
+    are escaped, so a cell's text shows as written. The columns whose index (from 0) is in
+    `right` are right-aligned, and their cells kept on one line: columns of numbers."""
     from IPython.display import HTML
 
-    def cells(tag, row):
-        return "".join(f"<{tag}>{html.escape(str(cell))}</{tag}>" for cell in row)
-
     width = len(header)
+    if isinstance(right, (int, str)):
+        raise ValueError(f"right is a sequence of column indices, e.g. right=(1, 2); got {right!r}")
+    right = list(right)
+    for column in right:
+        if isinstance(column, bool) or not isinstance(column, int) or not 0 <= column < width:
+            raise ValueError(f"right names the columns to right-align by their index, 0 to "
+                             f"{width - 1} for this table of {width} columns; got {column!r}")
+    right = set(right)
     for row in rows:
         if len(row) != width:
             raise ValueError(f"every row of an html_table needs {width} cells (the header's), "
                              f"got {len(row)}: {list(row)}")
+
+    def cells(tag, row):
+        out = []
+        for column, cell in enumerate(row):
+            style = ""
+            if column in right:
+                style = (" style='text-align: right; white-space: nowrap'" if tag == "td"
+                         else " style='text-align: right'")
+            out.append(f"<{tag}{style}>{html.escape(str(cell))}</{tag}>")
+        return "".join(out)
+
     body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
     return HTML(f"<table><thead><tr>{cells('th', header)}</tr></thead><tbody>{body}</tbody></table>")
 

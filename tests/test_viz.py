@@ -1,5 +1,6 @@
 """sdelib.viz: sample grids, and the slider helper in its static (book) and live (kernel) modes."""
 import json
+import re
 import sys
 import types
 from html.parser import HTMLParser
@@ -320,3 +321,23 @@ def test_html_table_refuses_a_row_of_another_width():
     from sdelib.viz import html_table
     with pytest.raises(ValueError, match="needs 2 cells.*got 3"):
         html_table(["a", "b"], [["1", "2", "3"]])
+
+
+def test_html_table_right_aligns_only_the_named_columns():
+    from sdelib.viz import html_table
+    table = html_table(["name", "bits/dim", "n"], [["a", "2.80 ± 0.02", "1,000"]], right=(1,)).data
+    header_cells = re.findall(r"<th(?: [^>]*)?>", table)
+    body_cells = re.findall(r"<td(?: [^>]*)?>", table)
+    assert [("right" in cell) for cell in header_cells] == [False, True, False]
+    assert [("right" in cell) for cell in body_cells] == [False, True, False]
+    # a number in a right-aligned column stays on one line
+    assert "nowrap" in body_cells[1] and "nowrap" not in body_cells[0] + body_cells[2]
+    # without `right`, no column is styled
+    assert "style" not in html_table(["a", "b"], [["1", "2"]]).data
+
+
+@pytest.mark.parametrize("right", [(3,), (-1,), (1.0,), (True,), 2, "1"])
+def test_html_table_refuses_a_right_column_it_does_not_have(right):
+    from sdelib.viz import html_table
+    with pytest.raises(ValueError, match="right"):
+        html_table(["a", "b", "c"], [["1", "2", "3"]], right=right)
