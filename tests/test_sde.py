@@ -368,7 +368,7 @@ def test_reverse_sde_and_probability_flow_drifts(name, shape):
 
 
 # ------------------------------------------------------------------------------------------------
-# Discretisations (paper eqs. (45)-(46))
+# Discretisations (paper eqs. (8), (10) and (45))
 # ------------------------------------------------------------------------------------------------
 def test_vp_discretize_is_the_ddpm_step():
     sde = VPSDE(0.1, 20.0)
