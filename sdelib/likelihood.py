@@ -81,9 +81,9 @@ def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float | None = N
 
     The model's density of x_0 is that of x(eps) / m(eps), x(eps) ~ p_eps: the flow starts at
     m(eps) x and log p gains D ln m(eps), so a larger eps (a model trained only down to eps)
-    still gives a density of the data, that of x_0 + sigma~(eps) z. eps defaults to 1e-5, or to
-    the model's training eps where that is larger (a shipped model carries it; an eps below it
-    is refused: `checks.check_eps`).
+    still gives a density of the data, that of x_0 + sigma~(eps) z. eps defaults to the model's
+    training eps (a shipped model carries it; an eps below it is refused: `checks.check_eps`),
+    and to 1e-5 for a score function without one.
 
     divergence: 'exact', 'gaussian' or 'rademacher' (Hutchinson, one probe per sample drawn with
     `generator`); solver and method as in `samplers.probability_flow_ode` ('scipy': RK45 on one
@@ -94,7 +94,7 @@ def ode_likelihood(score_fn, sde: SDE, x: torch.Tensor, *, eps: float | None = N
     check_choice("divergence", divergence, DIVERGENCES)
     check_solver(solver, method)
     check_instance("sde", sde, SDE, "VESDE(25.0)")
-    eps = check_eps(eps, sde, score_fn, default=1e-5)
+    eps = check_eps(eps, sde, score_fn, default=getattr(score_fn, "trained_eps", None) or 1e-5)
     score_fn = checked_score_fn(score_fn)
     check_data("x", x)
     rtol = check_real("rtol", rtol, low=0.0, low_open=True)

@@ -74,3 +74,13 @@ def test_the_likelihood_starts_at_the_models_eps_by_default():
     # negative control: without a training eps the default is 1e-5, another start
     other = ode_likelihood(GaussianScore(), SDE, x, divergence="exact")
     assert not torch.allclose(other.log_p, explicit.log_p, rtol=1e-9, atol=0)
+
+
+def test_the_likelihood_starts_below_1e_5_for_a_model_trained_from_there():
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    by_default = ode_likelihood(GaussianScore(1e-6), SDE, x, divergence="exact")
+    explicit = ode_likelihood(GaussianScore(), SDE, x, divergence="exact", eps=1e-6)
+    assert torch.equal(by_default.log_p, explicit.log_p)
+    # negative control: from the 1e-5 of a score function without a training eps, another start
+    other = ode_likelihood(GaussianScore(), SDE, x, divergence="exact")
+    assert not torch.equal(other.log_p, by_default.log_p)
