@@ -75,6 +75,13 @@ SHIPPED = {
                       "--lr 5e-4 --channels-last --weighting likelihood --importance-sampling "
                       "--noise-input log_sigma --dequantize --out mnist-ve-fine-train.pt "
                       "--export mnist-ve-fine"),
+    "mnist-ve-edm": ("ScoreNet for the tutorial's VE SDE trained with EDM's recipe for samples: "
+                     "log-normal noise levels, EDM's loss weighting and preconditioning (the U-Net "
+                     "outputs the denoiser), sigma_data = 0.33, 60 epochs",
+                     "python -m sdelib.train --sde ve --eps 1e-5 --epochs 60 --batch-size 128 "
+                     "--lr 5e-4 --channels-last --weighting edm --sigma-data 0.33 "
+                     "--output denoiser --noise-input log_sigma --out mnist-ve-edm-train.pt "
+                     "--export mnist-ve-edm"),
     "mnist-vp": ("ScoreNet for the VP SDE (beta 0.1 to 20) with mnist-ve-is's likelihood recipe, "
                  "trained from eps = 1e-4, where sigma~ is VE's sigma~(1e-5)",
                  "python -m sdelib.train --sde vp --eps 1e-4 --epochs 30 --batch-size 128 "
