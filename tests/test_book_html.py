@@ -431,11 +431,64 @@ def test_layout_at_1200px_no_maths_in_headings_no_sideways_code(browser, server,
             ".reduce((a, b) => a.length >= b.length ? a : b).slice(0, 80)])")
         problems += [f"{path.name}: code block {s} > {c} px wide: {line!r}"
                      for s, c, line in wide]
+        problems += [f"{path.name}: {problem}" for problem in _code_and_table_fit(page)]
         page.screenshot(path=str(SCREENSHOTS / f"{path.stem}.png"), full_page=True)
         assert errors == [], f"{path.name} raised {errors}"
         page.close()
     print("\n".join(problems))
     assert not problems, f"{len(problems)} layout problems:\n" + "\n".join(problems[:40])
+
+
+CODE_COLUMNS = 88      # the book's code is wrapped at 88 columns (ruff line-length)
+# In the page: how many monospace characters a code block's text box holds, and the padding of the
+# cells of printed tables (a bare table runs its cells together: "3.16e-039.85").
+FIT_JS = r"""() => {
+    const out = {columns: null, unpadded: 0};
+    const pre = document.querySelector('article div.highlight pre');
+    if (pre) {
+        const probe = document.createElement('span');
+        probe.textContent = 'x'.repeat(100);
+        probe.style.whiteSpace = 'pre';
+        pre.appendChild(probe);
+        const style = getComputedStyle(pre);
+        const box = pre.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+        out.columns = box / (probe.getBoundingClientRect().width / 100);
+        probe.remove();
+    }
+    for (const cell of document.querySelectorAll(
+            'article div.cell_output table td, article div.cell_output table th')) {
+        const style = getComputedStyle(cell);
+        if (parseFloat(style.paddingLeft) + parseFloat(style.paddingRight) < 4) out.unpadded += 1;
+    }
+    return out;
+}"""
+
+
+def _code_and_table_fit(page) -> list[str]:
+    """What breaks the fit rules on a page: a code block holding fewer than CODE_COLUMNS
+    characters per line (its longer lines wrap mid-line), printed table cells without padding."""
+    fit = page.evaluate(FIT_JS)
+    problems = []
+    if fit["columns"] is not None and fit["columns"] < CODE_COLUMNS:
+        problems.append(f"code blocks hold {fit['columns']:.1f} columns < {CODE_COLUMNS}")
+    if fit["unpadded"]:
+        problems.append(f"{fit['unpadded']} printed table cells without padding")
+    return problems
+
+
+def test_the_fit_checks_fail_on_the_theme_defaults(browser, server, html_dir, chapter_pages):
+    """Negative control: on a chapter with code and a printed table, the book's CSS overridden by
+    the earlier code size (0.76em, which held 80 columns) and unpadded cells breaks both rules."""
+    path = next(p for p in chapter_pages if p.stem == "training")
+    page, _, _ = _open(browser, f"{server}/{path.relative_to(html_dir).as_posix()}",
+                       viewport={"width": LAYOUT_WIDTH, "height": 900})
+    _wait_until_typeset(page)
+    assert _code_and_table_fit(page) == []
+    page.add_style_tag(content="div.highlight pre { font-size: 0.76em !important; } "
+                               "div.cell_output td, div.cell_output th { padding: 0 !important; }")
+    problems = _code_and_table_fit(page)
+    page.close()
+    assert len(problems) == 2 and "columns" in problems[0] and "padding" in problems[1], problems
 
 
 # --- the reading rules, on every chapter at 1200 px ----------------------------------------------
