@@ -37,7 +37,7 @@ SERVER_START_TIMEOUT_S = 180
 RUN_ALL_TIMEOUT_S = 600          # quick mode; the machine may be busy
 RERENDER_TIMEOUT_S = 300
 # (notebook, slider label, key presses): each press moves the slider one value right.
-CASES = [("forward_sdes.ipynb", "sigma", 2), ("sampling.ipynb", "snr", 2)]
+CASES = [("forward_sdes.ipynb", "σ", 2), ("sampling.ipynb", "snr", 2)]
 TIMINGS: dict = {}
 
 

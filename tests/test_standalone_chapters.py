@@ -26,11 +26,14 @@ CHAPTERS = [doc for doc in CHAPTERS if (ROOT / f"{doc}.ipynb").exists()]   # not
 GUARD = """\
 import sys as _sys
 _REPOSITORY = {root!r}
+# the Python environment itself may live inside the checkout (a venv in .venv/): not the book's files
+_ENVIRONMENT = tuple({{_sys.prefix + "/", _sys.base_prefix + "/"}})
 _opened_in_repository = []
 def _record(event, args):
     if event == "open" and isinstance(args[0], (str, bytes)):
         path = args[0].decode() if isinstance(args[0], bytes) else args[0]
-        if path.startswith(_REPOSITORY + "/") and "/.git/" not in path:
+        if (path.startswith(_REPOSITORY + "/") and "/.git/" not in path
+                and not path.startswith(_ENVIRONMENT)):
             _opened_in_repository.append(path)
 _sys.addaudithook(_record)
 import sdelib as _sdelib
