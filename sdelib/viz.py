@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 
 __all__ = ["image_grid", "save_image_grid", "scatter_2d", "slider", "slider_mode", "live_frontend",
            "SliderFrames", "LiveSlider", "SLIDER_MODES", "sweep_lines", "plot_sampler_sweep",
-           "html_table"]
+           "html_table", "folded_lines"]
 
 SLIDER_MODES = ("live", "static")
 
@@ -310,6 +310,31 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence], right: Sequence[
 
     body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
     return HTML(f"<table><thead><tr>{cells('th', header)}</tr></thead><tbody>{body}</tbody></table>")
+
+
+class FoldedLines(NamedTuple):
+    """One visible line with more lines folded under it (see `folded_lines`)."""
+    summary: str
+    lines: tuple[str, ...]
+
+    def _repr_html_(self) -> str:
+        body = html.escape("\n".join(self.lines))
+        return (f"<details class='sdelib-folded'><summary>{html.escape(self.summary)}</summary>"
+                f"<pre>{body}</pre></details>")
+
+    def __repr__(self) -> str:
+        return "\n".join([self.summary, *("  " + line for line in self.lines)])
+
+
+def folded_lines(summary: str, lines: Sequence[str]) -> FoldedLines:
+    """A check's report as the book shows it: `summary` (what was checked, and its verdict) on one
+    visible line, and `lines` (the numbers behind it) folded under it, opened with a click.
+    Display it with IPython's display(); a plain-text frontend prints every line."""
+    if not isinstance(summary, str) or not summary.strip() or "\n" in summary:
+        raise ValueError(f"summary is one non-empty line of text, got {summary!r}")
+    if isinstance(lines, str):
+        lines = lines.splitlines()
+    return FoldedLines(summary, tuple(str(line) for line in lines))
 
 
 def sweep_lines(rows) -> list:

@@ -341,3 +341,20 @@ def test_html_table_refuses_a_right_column_it_does_not_have(right):
     from sdelib.viz import html_table
     with pytest.raises(ValueError, match="right"):
         html_table(["a", "b", "c"], [["1", "2", "3"]], right=right)
+
+
+def test_folded_lines_shows_one_line_and_folds_the_rest():
+    from sdelib.viz import folded_lines
+    report = folded_lines("✓ a < b within 4 SE", ["a = 1.0", "b = <2.0>"])
+    page = report._repr_html_()
+    summary, _, folded = page.partition("</summary>")
+    assert summary.startswith("<details") and "✓ a &lt; b within 4 SE" in summary
+    assert "a = 1.0\nb = &lt;2.0&gt;" in folded and "<pre>" in folded
+    assert repr(report).splitlines() == ["✓ a < b within 4 SE", "  a = 1.0", "  b = <2.0>"]
+
+
+@pytest.mark.parametrize("summary", ["", "   ", "two\nlines", None])
+def test_folded_lines_refuses_a_summary_that_is_not_one_line(summary):
+    from sdelib.viz import folded_lines
+    with pytest.raises(ValueError, match="one non-empty line"):
+        folded_lines(summary, ["x"])
