@@ -347,18 +347,19 @@ def sweep_lines(rows) -> list:
         if key is None:
             label = row["sampler"]
         else:
-            short = "PC" if key == "snr" else row["sampler"]
-            label = f"{short}, {key} {row['settings'][key]}"
+            value = row["settings"][key]
+            label = f"PC, snr {value}" if key == "snr" else f"{row['sampler']}, η = {value:g}"
         lines.setdefault(label, []).append(row)
     return [(label, sorted(group, key=lambda r: r["nfe"])) for label, group in lines.items()]
 
 
 def plot_sampler_sweep(rows, ax=None, *, ylabel: str = "Fréchet distance (± 2 SE)"):
-    """Fréchet distance against NFE on log-log axes, one line per `sweep_lines` group, ± 2 SE."""
+    """Fréchet distance against NFE on log-log axes, one line per `sweep_lines` group, ± 2 SE
+    (ten distinct colours: more lines than ten repeat a colour, with another marker)."""
     ax = ax if ax is not None else plt.subplots(figsize=(10, 4.5))[1]
     for k, (label, group) in enumerate(sweep_lines(rows)):
         ax.errorbar([r["nfe"] for r in group], [r["frechet"] for r in group],
-                    fmt="osD^v<>ph*XP"[k % 12] + "-", color=plt.cm.tab20(k % 20),
+                    fmt="osD^v<>ph*XP"[k % 12] + "-", color=plt.cm.tab10(k % 10),
                     yerr=[2 * r["frechet_standard_error"] for r in group], capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -108,7 +108,7 @@ def test_plots_draw_the_sweep_and_the_selection(tmp_path):
     # one line per eta (and per snr of PC), so settings of one sampler are not joined across eta
     from sdelib.viz import sweep_lines
     assert [label for label, _ in sweep_lines(rows)] == \
-        ["PC, snr 0.16", "DPM-Solver++ SDE + Tweedie, eta 6.0", "DPM-Solver++ SDE + Tweedie, eta 1.0"]
+        ["PC, snr 0.16", "DPM-Solver++ SDE + Tweedie, η = 6", "DPM-Solver++ SDE + Tweedie, η = 1"]
     for selection in (False, True):
         path = tmp_path / f"{selection}.png"
         sweep.draw({"rows": rows, "seed": 0, "reference": "test", "selection": selection}, path)

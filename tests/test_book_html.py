@@ -496,7 +496,7 @@ def test_the_fit_checks_fail_on_the_theme_defaults(browser, server, html_dir, ch
 # description each). Only the article (the text column) is checked, not the theme's sidebars.
 READING_CHECKS_JS = r"""(placeholder) => {
     const found = {wide_equations: [], raw_tables: [], raw_tex: [], tracebacks: [],
-                   bare_reprs: [], placeholder_links: []};
+                   bare_reprs: [], placeholder_links: [], long_folded_checks: []};
     const article = document.querySelector('article.bd-article')
         || document.querySelector('article') || document.querySelector('main') || document.body;
     const squash = (text) => (text || '').replace(/\s+/g, ' ').trim().slice(0, 90);
@@ -631,10 +631,21 @@ READING_CHECKS_JS = r"""(placeholder) => {
             }
         }
     }
+
+    // 7. a folded check (a hide-input cell: its code folded, its output shown) prints one
+    //    visible line: more lines belong in a table or folded under that line (viz.folded_lines)
+    for (const cell of article.querySelectorAll('div.cell.tag_hide-input')) {
+        for (const stream of cell.querySelectorAll('.cell_output .output.stream')) {
+            const lines = stream.textContent.split('\n').filter((line) => line.trim());
+            if (lines.length > 1) {
+                found.long_folded_checks.push(`${lines.length} lines: ` + squash(lines[0]));
+            }
+        }
+    }
     return found;
 }"""
 READING_CHECKS = ("wide_equations", "raw_tables", "raw_tex", "tracebacks", "bare_reprs",
-                  "placeholder_links")
+                  "placeholder_links", "long_folded_checks")
 
 
 def _placeholder() -> str:
@@ -733,6 +744,13 @@ ValueError: sigma must be positive</span></pre></div></div>""", 2),
            >Colab</a>
         <a class="btn" href="https://github.com/OWNER/REPO" title="Source repository"
            >repository</a>""", 2),
+    "long_folded_checks": ("""
+        <div class="cell tag_hide-input"><div class="cell_output"><div class="output stream">
+<pre>mean 1.4992 vs tr A = 1.5000 (SE 0.0072)
+passed</pre></div></div></div>
+        <div class="cell tag_hide-input"><div class="cell_output"><div class="output stream">
+<pre>\u2713 VE: samples match the recursion
+\u2713 VP: samples match the recursion</pre></div></div></div>""", 2),
 }
 # a page that keeps every rule, with the right form of each thing the broken pages get wrong
 CLEAN = f"""
@@ -747,6 +765,11 @@ Euler: 500 steps</pre></div></div>
     <div class="cell_output"><div class="output stream">
       <pre>v(1) = 96.93: the prior is N(0, 9.85^2 I)</pre></div></div>
     <div class="cell_output"><div class="output text_plain"><pre>tensor(0.5000)</pre></div></div>
+    <div class="cell tag_hide-input"><div class="cell_output"><div class="output stream">
+<pre>\u2713 the mean within 4 standard errors (z = 1.2)
+</pre></div></div><div class="cell_output"><div class="output text_html"><details>
+<summary>\u2713 both probes unbiased</summary><pre>gaussian 4.905
+rademacher 4.897</pre></details></div></div></div>
     <a href="https://github.com/me/my-repo">a real repository</a>"""
 
 
