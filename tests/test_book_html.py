@@ -496,7 +496,8 @@ def test_the_fit_checks_fail_on_the_theme_defaults(browser, server, html_dir, ch
 # description each). Only the article (the text column) is checked, not the theme's sidebars.
 READING_CHECKS_JS = r"""(placeholder) => {
     const found = {wide_equations: [], raw_tables: [], raw_tex: [], tracebacks: [],
-                   bare_reprs: [], placeholder_links: [], long_folded_checks: []};
+                   bare_reprs: [], placeholder_links: [], long_folded_checks: [],
+                   wide_tables: []};
     const article = document.querySelector('article.bd-article')
         || document.querySelector('article') || document.querySelector('main') || document.body;
     const squash = (text) => (text || '').replace(/\s+/g, ' ').trim().slice(0, 90);
@@ -636,16 +637,28 @@ READING_CHECKS_JS = r"""(placeholder) => {
     //    visible line: more lines belong in a table or folded under that line (viz.folded_lines)
     for (const cell of article.querySelectorAll('div.cell.tag_hide-input')) {
         for (const stream of cell.querySelectorAll('.cell_output .output.stream')) {
-            const lines = stream.textContent.split('\n').filter((line) => line.trim());
+            const pre = stream.querySelector('pre') || stream;     // not the copy button's label
+            const lines = pre.textContent.split('\n').filter((line) => line.trim());
             if (lines.length > 1) {
                 found.long_folded_checks.push(`${lines.length} lines: ` + squash(lines[0]));
             }
         }
     }
+
+    // 8. tables no wider than the text column (a table that scrolls sideways looks cut off: the
+    //    scrollbar is hidden until one scrolls)
+    for (const table of article.querySelectorAll('table')) {
+        const r = table.getBoundingClientRect();
+        if (r.width === 0) continue;                      // not rendered (a folded cell)
+        if (r.left < left - 1 || r.right > right + 1) {
+            found.wide_tables.push(`${Math.round(r.width)} px in a ${Math.round(right - left)} px `
+                + 'column: ' + squash(table.textContent));
+        }
+    }
     return found;
 }"""
 READING_CHECKS = ("wide_equations", "raw_tables", "raw_tex", "tracebacks", "bare_reprs",
-                  "placeholder_links", "long_folded_checks")
+                  "placeholder_links", "long_folded_checks", "wide_tables")
 
 
 def _placeholder() -> str:
@@ -751,6 +764,11 @@ passed</pre></div></div></div>
         <div class="cell tag_hide-input"><div class="cell_output"><div class="output stream">
 <pre>\u2713 VE: samples match the recursion
 \u2713 VP: samples match the recursion</pre></div></div></div>""", 2),
+    "wide_tables": ("""
+        <table><tr>""" + "".join(f"<td style='white-space: nowrap'>column {k}</td>" for k in range(12)) + """</tr></table>
+        <div class="cell_output"><div class="output text_html" style="overflow-x: auto"><table><tr>"""
+                    + "".join(f"<td style='white-space: nowrap'>56.1 ± 2.{k}</td>" for k in range(12))
+                    + """</tr></table></div></div>""", 2),
 }
 # a page that keeps every rule, with the right form of each thing the broken pages get wrong
 CLEAN = f"""
