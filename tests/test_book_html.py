@@ -497,7 +497,7 @@ def test_the_fit_checks_fail_on_the_theme_defaults(browser, server, html_dir, ch
 READING_CHECKS_JS = r"""(placeholder) => {
     const found = {wide_equations: [], raw_tables: [], raw_tex: [], tracebacks: [],
                    bare_reprs: [], placeholder_links: [], long_folded_checks: [],
-                   wide_tables: []};
+                   wide_tables: [], combining_marks: []};
     const article = document.querySelector('article.bd-article')
         || document.querySelector('article') || document.querySelector('main') || document.body;
     const squash = (text) => (text || '').replace(/\s+/g, ' ').trim().slice(0, 90);
@@ -634,14 +634,38 @@ READING_CHECKS_JS = r"""(placeholder) => {
     }
 
     // 7. a folded check (a hide-input cell: its code folded, its output shown) prints one
-    //    visible line: more lines belong in a table or folded under that line (viz.folded_lines)
+    //    visible line: more lines belong in a table or folded under that line (viz.folded_lines),
+    //    and that line wraps to two rows of the output box at most
+    const rows = (element) => {                 // rendered rows of an element's text
+        const range = document.createRange();
+        range.selectNodeContents(element);
+        return new Set([...range.getClientRects()].filter((r) => r.width > 0)
+            .map((r) => Math.round(r.bottom))).size;
+    };
     for (const cell of article.querySelectorAll('div.cell.tag_hide-input')) {
         for (const stream of cell.querySelectorAll('.cell_output .output.stream')) {
             const pre = stream.querySelector('pre') || stream;     // not the copy button's label
             const lines = pre.textContent.split('\n').filter((line) => line.trim());
             if (lines.length > 1) {
                 found.long_folded_checks.push(`${lines.length} lines: ` + squash(lines[0]));
+            } else if (lines.length === 1 && rows(pre) > 2) {
+                found.long_folded_checks.push(`one line in ${rows(pre)} rows: ` + squash(lines[0]));
             }
+        }
+        for (const summary of cell.querySelectorAll('details.sdelib-folded > summary')) {
+            if (rows(summary) > 2) {
+                found.long_folded_checks.push(`a summary in ${rows(summary)} rows: `
+                    + squash(summary.textContent));
+            }
+        }
+    }
+
+    // 9. no combining mark (σ̃ = σ + U+0303) in printed output: monospace fonts draw it beside its
+    //    letter ("σ˜= 99"); tables and figures, in the text font, may use it
+    for (const pre of article.querySelectorAll('.cell_output pre, details.sdelib-folded > summary')) {
+        if (/\p{M}/u.test(pre.textContent)) {
+            const at = pre.textContent.search(/\p{M}/u);
+            found.combining_marks.push(squash(pre.textContent.slice(Math.max(0, at - 40), at + 30)));
         }
     }
 
@@ -658,7 +682,8 @@ READING_CHECKS_JS = r"""(placeholder) => {
     return found;
 }"""
 READING_CHECKS = ("wide_equations", "raw_tables", "raw_tex", "tracebacks", "bare_reprs",
-                  "placeholder_links", "long_folded_checks", "wide_tables")
+                  "placeholder_links", "long_folded_checks", "wide_tables",
+                  "combining_marks")
 
 
 def _placeholder() -> str:
@@ -705,6 +730,7 @@ _CONTROL_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>control</title>
 <style>
   body {{ margin: 0; font-family: sans-serif; }}
+  .cell_output pre {{ white-space: pre-wrap; }}
   article.bd-article {{ box-sizing: border-box; width: 688px; margin-left: 240px;
                         padding: 0 32px; }}
   mjx-container[display="true"] {{ overflow-x: auto; overflow-y: hidden; }}
@@ -763,7 +789,16 @@ ValueError: sigma must be positive</span></pre></div></div>""", 2),
 passed</pre></div></div></div>
         <div class="cell tag_hide-input"><div class="cell_output"><div class="output stream">
 <pre>\u2713 VE: samples match the recursion
-\u2713 VP: samples match the recursion</pre></div></div></div>""", 2),
+\u2713 VP: samples match the recursion</pre></div></div></div>
+        <div class="cell tag_hide-input"><div class="cell_output"><div class="output stream">
+<pre>\u2713 """ + "a check that says far too much on its one line, " * 8 + """</pre></div></div></div>
+        <div class="cell tag_hide-input"><div class="cell_output"><div class="output text_html">
+<details class="sdelib-folded"><summary>\u2713 """ + "a summary that runs on and on, " * 12
+        + """</summary><pre>numbers</pre></details></div></div></div>""", 4),
+    "combining_marks": ("""
+        <div class="cell_output"><div class="output stream"><pre>\u2713 noise level \u03c3\u0303 = 99</pre></div></div>
+        <div class="cell_output"><div class="output text_html"><details class="sdelib-folded">
+<summary>\u2713 one line</summary><pre>x\u0303 = x / m</pre></details></div></div>""", 2),
     "wide_tables": ("""
         <table><tr>""" + "".join(f"<td style='white-space: nowrap'>column {k}</td>" for k in range(12)) + """</tr></table>
         <div class="cell_output"><div class="output text_html" style="overflow-x: auto"><table><tr>"""
