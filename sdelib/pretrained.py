@@ -82,6 +82,13 @@ SHIPPED = {
                      "--lr 5e-4 --channels-last --weighting edm --sigma-data 0.33 "
                      "--output denoiser --noise-input log_sigma --out mnist-ve-edm-train.pt "
                      "--export mnist-ve-edm"),
+    "mnist-ve-edm-deq": ("mnist-ve-edm's recipe (EDM's noise levels, weighting and preconditioning) "
+                         "on dequantised images from t = 1e-6, where sigma~ = 0.001 (a quarter "
+                         "of a grey level), 60 epochs",
+                         "python -m sdelib.train --sde ve --eps 1e-6 --epochs 60 --batch-size 128 "
+                         "--lr 5e-4 --channels-last --weighting edm --sigma-data 0.33 "
+                         "--output denoiser --noise-input log_sigma --dequantize "
+                         "--out mnist-ve-edm-deq-train.pt --export mnist-ve-edm-deq"),
     "mnist-vp": ("ScoreNet for the VP SDE (beta 0.1 to 20) with mnist-ve-is's likelihood recipe, "
                  "trained from eps = 1e-4, where sigma~ is VE's sigma~(1e-5)",
                  "python -m sdelib.train --sde vp --eps 1e-4 --epochs 30 --batch-size 128 "
