@@ -277,13 +277,19 @@ def slider(render: Callable, values, *, label: str, fmt: str = "{}", live: bool 
     return LiveSlider(values, labels, box)
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence], right: Sequence[int] = ()):
+def html_table(header: Sequence[str], rows: Sequence[Sequence], right: Sequence[int] = (), *,
+               markup: bool = False):
     """A table (a header, then rows of cells) as an IPython HTML object: the HTML book renders
     Markdown printed by a cell as plain text, pipes and all, but an HTML table as a table. Cells
-    are escaped, so a cell's text shows as written. The columns whose index (from 0) is in
-    `right` are right-aligned, and their cells kept on one line: columns of numbers."""
+    are escaped, so a cell's text shows as written; with `markup=True` the cells are HTML written
+    by the caller (a model name in <code>, a subscript) and go in as they are. The columns whose
+    index (from 0) is in `right` are right-aligned, and their cells kept on one line: columns of
+    numbers."""
     from IPython.display import HTML
 
+    if not isinstance(markup, bool):
+        raise ValueError(f"markup is True (cells are HTML) or False (cells are text); got {markup!r}")
+    text = str if markup else (lambda cell: html.escape(str(cell)))
     width = len(header)
     if isinstance(right, (int, str)):
         raise ValueError(f"right is a sequence of column indices, e.g. right=(1, 2); got {right!r}")
@@ -305,7 +311,7 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence], right: Sequence[
             if column in right:
                 style = (" style='text-align: right; white-space: nowrap'" if tag == "td"
                          else " style='text-align: right'")
-            out.append(f"<{tag}{style}>{html.escape(str(cell))}</{tag}>")
+            out.append(f"<{tag}{style}>{text(cell)}</{tag}>")
         return "".join(out)
 
     body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)

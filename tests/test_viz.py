@@ -336,6 +336,18 @@ def test_html_table_right_aligns_only_the_named_columns():
     assert "style" not in html_table(["a", "b"], [["1", "2"]]).data
 
 
+def test_html_table_with_markup_keeps_the_callers_html():
+    from sdelib.viz import html_table
+    header, rows = ["<code>name</code>", "u<sub>θ</sub>"], [["<code>mnist-rf</code>", "a < b"]]
+    table = html_table(header, rows, markup=True).data
+    assert "<th><code>name</code></th>" in table and "<td><code>mnist-rf</code></td>" in table
+    assert "<th>u<sub>θ</sub></th>" in table
+    # negative control: without markup the same cells are escaped, shown as written
+    assert "<code>" not in html_table(header, rows).data
+    with pytest.raises(ValueError, match="markup"):
+        html_table(header, rows, markup="yes")
+
+
 @pytest.mark.parametrize("right", [(3,), (-1,), (1.0,), (True,), 2, "1"])
 def test_html_table_refuses_a_right_column_it_does_not_have(right):
     from sdelib.viz import html_table
