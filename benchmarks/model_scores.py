@@ -11,6 +11,8 @@
   against the 10,000 test images, with the best <= 50-NFE sampler of the sampler sweep
   (SDE-DPM-Solver++(2M), eta 6, 49 steps + a Tweedie step), bootstrap standard error. Every SDE
   stops at the same noise level, sigma~ = 0.032 (the VE tutorial's t = 1e-3).
+A class-conditional net is called without a label, so both measure its null label's model, the
+unconditional one it learns alongside (classifier-free guidance).
 Writes the model's entry of sdelib/results/models.json (keeping the other models' entries), with the
 machine, command and date; the likelihood chapter reads it.
 """
