@@ -65,3 +65,14 @@ def test_the_models_own_measurement_is_reused_and_a_rerun_skips_what_is_done(mon
     monkeypatch.setattr(study, "dataset_bpd", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     study.main(["--images", "4", "--batch", "4", "--sigmas", "0.001", "0.0032",
                 "--tolerance", "1e-2"])
+
+
+def test_another_model_writes_its_own_file_and_leaves_the_default_one(monkeypatch, tmp_path):
+    _smoke(monkeypatch, tmp_path)
+    default = (tmp_path / "cutoff_study.json").read_text()
+    study.main(["--model", "mnist-ve-edm-deq", "--images", "4", "--batch", "4",
+                "--sigmas", "0.002", "--tolerance", "1e-2"])
+    own = json.loads((tmp_path / "cutoff_study_mnist-ve-edm-deq.json").read_text())
+    assert own["model"] == "mnist-ve-edm-deq" and [c["sigma"] for c in own["cutoffs"]] == [0.002]
+    # negative control: mnist-ve-fine's study is untouched
+    assert (tmp_path / "cutoff_study.json").read_text() == default
