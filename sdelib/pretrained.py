@@ -89,6 +89,13 @@ SHIPPED = {
                          "--lr 5e-4 --channels-last --weighting edm --sigma-data 0.33 "
                          "--output denoiser --noise-input log_sigma --dequantize "
                          "--out mnist-ve-edm-deq-train.pt --export mnist-ve-edm-deq"),
+    "mnist-ve-is-edm": ("mnist-ve-is's likelihood draws and weighting (ln sigma~^2 uniform, g^2) "
+                        "with mnist-ve-edm's preconditioning (the U-Net outputs the denoiser), "
+                        "on dequantised images from t = 1e-6, where sigma~ = 0.001, 60 epochs",
+                        "python -m sdelib.train --sde ve --eps 1e-6 --epochs 60 --batch-size 128 "
+                        "--lr 5e-4 --channels-last --weighting likelihood --importance-sampling "
+                        "--sigma-data 0.33 --output denoiser --noise-input log_sigma --dequantize "
+                        "--out mnist-ve-is-edm-train.pt --export mnist-ve-is-edm"),
     "mnist-vp": ("ScoreNet for the VP SDE (beta 0.1 to 20) with mnist-ve-is's likelihood recipe, "
                  "trained from eps = 1e-4, where sigma~ is VE's sigma~(1e-5)",
                  "python -m sdelib.train --sde vp --eps 1e-4 --epochs 30 --batch-size 128 "
