@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import copy
 import inspect
+import json
 import math
 import os
 import time
@@ -39,14 +40,14 @@ from .metrics import classifier_accuracy
 from .nets import ScoreNet
 from .pretrained import (CHECKPOINT_DIR, CheckpointError, deferred_sigint, export_pretrained,
                          load_checkpoint, make_checkpoint, remove_stale_temporaries,
-                         require_keys, save_checkpoint, training_lock)
+                         load_pretrained, require_keys, save_checkpoint, training_lock)
 from .provenance import provenance
 from .sde import SDE, make_sde, normal_like
 
 SCHEDULES = ("cosine", "constant")
 
 __all__ = ["TRAINING_SETTINGS", "SCHEDULES", "train", "train_classifier", "learning_rate",
-           "ema_decay_at", "ema_update", "epoch_permutation", "main"]
+           "ema_decay_at", "ema_update", "epoch_permutation", "initialise_from", "main"]
 
 # The settings a training run records (its checkpoint's "settings"); their defaults are written once,
 # in `train`'s signature, and the CLI is built from them.
@@ -432,6 +433,22 @@ def _check_compatible(state: dict, model: nn.Module, sde: SDE) -> None:
 # ------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------
+def initialise_from(model: nn.Module, sde: SDE, name: str) -> dict:
+    """Copy the weights of the shipped model `name` into `model` (a warm start: `train` then goes
+    on from them with its own schedule); returns {"init": {"name", "sha256"}} for the new model's log.
+
+    The new run's options must build the same net on the same SDE; a resumed run's checkpoint
+    replaces these weights, as it does any initialisation."""
+    start, start_sde = load_pretrained(name)
+    if start.config() != model.config() or start_sde.config() != sde.config():
+        raise CheckpointError(f"--init {name}: it is the net {start.config()} on the SDE "
+                              f"{start_sde.config()}, but the options build {model.config()} on "
+                              f"{sde.config()}; give the options it was trained with")
+    model.load_state_dict(start.state_dict())
+    return {"init": {"name": name, "sha256": json.loads(
+        (CHECKPOINT_DIR / f"{name}.json").read_text())["sha256"]}}
+
+
 def run_description(device: torch.device, history: list[dict], argv=None) -> dict:
     """Provenance and wall time of a training run, for its exported log."""
     return {**provenance(device, "python -m sdelib.train", argv),
@@ -495,6 +512,10 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--subset", type=int, default=None, help="train on the first N images only")
     parser.add_argument("--out", required=True, help="checkpoint path (resumed if it exists)")
+    parser.add_argument("--init", default=None, metavar="NAME",
+                        help="start from the weights of the shipped model NAME (to train it longer, "
+                             "with a new learning-rate schedule); the net and SDE options must build "
+                             "the same net")
     parser.add_argument("--export", default=None, metavar="NAME",
                         help="when training is complete, export the EMA weights and the training log "
                              "to sdelib/checkpoints/NAME.pt (loaded by load_pretrained(NAME))")
@@ -521,6 +542,7 @@ def main(argv=None) -> None:
     model = ScoreNet(sde, noise_input=args.noise_input, **noise,
                      num_classes=10 if args.class_conditional else 0, output=args.output,
                      sigma_data=args.sigma_data)
+    init = initialise_from(model, sde, args.init) if args.init else {}
     conditional = dict(labels=labels, label_dropout=args.label_dropout) \
         if args.class_conditional else {}
     try:
@@ -530,7 +552,8 @@ def main(argv=None) -> None:
         complete = state["step"] == args.epochs * (len(images) // args.batch_size)
         if args.export and complete and _distributed()[0] == 0:
             log = export_pretrained(args.out, CHECKPOINT_DIR / f"{args.export}.pt",
-                                    extra_log=run_description(device, state["history"], argv))
+                                    extra_log={**run_description(device, state["history"], argv),
+                                               **init})
             print(f"exported {args.export}: {log['file']} sha256 {log['sha256']}")
     finally:
         if distributed:

@@ -239,6 +239,39 @@ def test_cli_stops_on_budget_resumes_and_exports_only_a_complete_run(tmp_path, m
     assert sde.name == "ve" and count_parameters(model) == 1_115_425
 
 
+def test_cli_init_starts_from_a_shipped_model_and_records_it(tmp_path, monkeypatch):
+    """--init NAME: the run's first weights are the shipped model's (a step at lr 1e-12 moves them
+    by ~1e-12, Adam's steps being ~lr), not a fresh net's (the control, same seed: ~1e-3 away);
+    the exported log names the start and its hash; options that build another net are refused."""
+    import sdelib.data
+
+    images = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(sdelib.data, "load_mnist", lambda split: (images, torch.zeros(32)))
+    monkeypatch.setattr(train_module, "CHECKPOINT_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(pretrained_module, "CHECKPOINT_DIR", tmp_path / "shipped")
+    common = ["--batch-size", "16", "--warmup-steps", "1", "--device", "cpu"]
+    train_module.main(["--epochs", "2"] + common + ["--out", str(tmp_path / "base.pt"),
+                                                    "--export", "base"])
+    base = load_pretrained("base")[0].state_dict()
+
+    def distance_from_base(out, *extra):
+        train_module.main(["--epochs", "1", "--lr", "1e-12", "--max-steps", "1"] + common +
+                          list(extra) + ["--out", str(tmp_path / out)])
+        weights = load_checkpoint(tmp_path / out)["model"]
+        return max((weights[k] - v).abs().max().item() for k, v in base.items())
+
+    assert distance_from_base("warm.pt", "--init", "base") < 1e-9
+    assert distance_from_base("cold.pt") > 1e-4                 # the control: no --init
+    train_module.main(["--epochs", "1"] + common + ["--init", "base", "--out",
+                                                    str(tmp_path / "more.pt"), "--export", "more"])
+    log = json.loads((tmp_path / "shipped" / "more.json").read_text())
+    base_hash = json.loads((tmp_path / "shipped" / "base.json").read_text())["sha256"]
+    assert log["init"] == {"name": "base", "sha256": base_hash}
+    with pytest.raises(CheckpointError, match="--init base.*options build"):
+        train_module.main(["--epochs", "1"] + common + ["--noise-input", "log_sigma", "--init",
+                                                        "base", "--out", str(tmp_path / "x.pt")])
+
+
 def test_cli_trains_and_exports_a_class_conditional_net_with_its_labels(tmp_path, monkeypatch):
     import sdelib.data
 
