@@ -23,7 +23,9 @@ bpd_mean, bpd_standard_error, n, ...). The likelihood chapter reads it.
   batch (identical images, probes and batches), so an interrupted CPU run (about 2 hours on 2
   cores) loses at most one batch. On a GPU it is one ~minute run. `--model` measures another shipped
   model (written to likelihood_full_<model>.json) and `--tolerance` sets rtol = atol (default
-  1e-5; 2e-3 is the tolerance the --tolerance-check accepted, bpd within 0.01).
+  1e-5; 2e-3 is the tolerance the --tolerance-check accepted, bpd within 0.01). `--band K` measures
+  the model whose net sees each pixel only within K noise stds of [0, 1] (`likelihood.within_band`;
+  written to likelihood_full_<model>-band<K>.json).
 
     python benchmarks/likelihood_speed.py --tolerance-check 256 --fast-tol 1e-3 [--batch 256]
 
@@ -53,7 +55,7 @@ import torch
 
 from sdelib.data import load_mnist
 from sdelib.device import default_device
-from sdelib.likelihood import dataset_bpd, dequantize, make_probe
+from sdelib.likelihood import dataset_bpd, dequantize, make_probe, within_band
 from sdelib.metrics import mean_and_standard_error
 from sdelib.pretrained import load_pretrained
 from sdelib.provenance import RESULTS_DIR, provenance, write_result
@@ -85,6 +87,8 @@ def main(argv=None):
     parser.add_argument("--model", default="mnist-ve", help="with --full-test-set: the shipped model")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE["rtol"],
                         help="with --full-test-set: rtol = atol of the fast path")
+    parser.add_argument("--band", type=float, default=None, metavar="K",
+                        help="with --full-test-set: the model within K noise stds of [0, 1] (within_band)")
     parser.add_argument("--bf16-check", type=int, default=0, metavar="N",
                         help="only compare float32 and bf16-autocast networks on N images (into likelihood_speed.json)")
     parser.add_argument("--tolerance-check", type=int, default=0, metavar="N",
@@ -96,14 +100,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = FULL_RESULTS if args.full_test_set else RESULTS
-        if args.full_test_set and args.model != "mnist-ve":
-            args.out = FULL_RESULTS.with_name(f"likelihood_full_{args.model}.json")
+        if args.full_test_set and (args.model != "mnist-ve" or args.band):
+            band = f"-band{args.band:g}" if args.band else ""
+            args.out = FULL_RESULTS.with_name(f"likelihood_full_{args.model}{band}.json")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = default_device()
     model, sde = load_pretrained(args.model if args.full_test_set else "mnist-ve",
                                  map_location=device)
     images, _ = load_mnist("test")
+    if args.band and not args.full_test_set:
+        parser.error("--band goes with --full-test-set")
+    if args.band:
+        model = within_band(model, sde, band=args.band)
     if args.full_test_set:
         return full_test_set(model, sde, images, args, device, argv)
     if args.bf16_check:
@@ -165,12 +174,13 @@ def full_test_set(model, sde, images, args, device, argv):
     tolerances = dict(TOLERANCE, rtol=args.tolerance, atol=args.tolerance,
                       eps=getattr(model, "trained_eps", None) or TOLERANCE["eps"])
     report = {**provenance(device, "python benchmarks/likelihood_speed.py", argv),
-              "model": args.model, "tolerances": tolerances, "seed": args.seed, "batch": args.batch,
+              "model": args.model, **({"band": args.band} if args.band else {}),
+              "tolerances": tolerances, "seed": args.seed, "batch": args.batch,
               "images": f"all {len(images)} MNIST test images, in order", "bpd": [], "seconds": 0.0}
     if args.resume and args.out.exists():
         earlier = json.loads(args.out.read_text())
-        if [earlier.get(k) for k in ("seed", "batch", "tolerances", "model")] == \
-                [args.seed, args.batch, tolerances, args.model]:
+        if [earlier.get(k) for k in ("seed", "batch", "tolerances", "model", "band")] == \
+                [args.seed, args.batch, tolerances, args.model, args.band]:
             report.update(bpd=earlier["bpd"], seconds=earlier["seconds"], resumed_on=earlier.get("machine"),
                           **{k: earlier[k] for k in ("note",) if k in earlier})   # a note written by hand
             print(f"resuming after {len(report['bpd'])} images", flush=True)

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from helpers import assert_close
 
 from sdelib.data import gaussian
 from sdelib.likelihood import (bits_per_dim, dequantize, exact_divergence, hutchinson_divergence,
@@ -206,3 +207,55 @@ def test_dataset_bpd_does_not_depend_on_the_batch_size():
     other = dataset_bpd(score, sde, x, make_probe(x, "rademacher", torch.Generator().manual_seed(2)),
                         batch_size=2, **kwargs)
     assert (other.bpd - small.bpd).abs().max() > 1e-3     # other probes: another estimate
+
+
+def point_mass_score(sde, c):
+    """The exact score of data at the single point c: p_t = N(m c, std^2), s = (m c - x) / std^2."""
+    def score(x, t):
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return (sde.mean_coeff(t).reshape(shape) * c - x) / sde.marginal_std(t).reshape(shape) ** 2
+    return score
+
+
+@pytest.mark.parametrize("sde", [VESDE(25.0), VPSDE()], ids=["ve", "vp"])
+def test_within_band_keeps_the_score_inside_the_band_and_a_constant_denoiser_everywhere(sde):
+    """Inside [m low - k std, m high + k std] the banded score is the score itself; outside it the
+    denoiser is taken at the band's edge, so a score whose denoiser is constant (data at one point
+    in the range) is unchanged everywhere. A denoiser that moves with x (the control) is changed."""
+    from sdelib.likelihood import within_band
+
+    t = torch.tensor([1e-3, 0.3])
+    shape = (2, 1, 1, 1)
+    m, std = sde.mean_coeff(t).reshape(shape), sde.marginal_std(t).reshape(shape)
+    inside = torch.cat([m * 0 - 3.9 * std, m * 0.5, m * 1 + 3.9 * std], dim=1)
+    outside = torch.cat([m * 0 - 4.5 * std, m * 1 + 6 * std, m * 0 - 40 * std], dim=1)
+    moving = lambda x, t: -x / sde.marginal_std(t).reshape(shape) ** 2 * 0.5  # noqa: E731
+    point = point_mass_score(sde, 0.3)
+    assert torch.equal(within_band(moving, sde)(inside, t), moving(inside, t))
+    assert_close(within_band(point, sde)(outside, t), point(outside, t), rtol=1e-5)
+    assert not torch.allclose(within_band(moving, sde)(outside, t), moving(outside, t), rtol=0.1)
+
+
+def test_within_band_stops_a_runaway_that_a_net_outside_its_inputs_would_start():
+    """A net exact inside the band but pushing outward beyond it (as a net may answer on inputs it
+    never saw) carries a point that starts outside far off, and its likelihood with it; the banded
+    net never asks the net there and gives the exact density N(x; c, std(eps)^2) of a point mass."""
+    from sdelib.likelihood import within_band
+
+    sde, c, eps = VESDE(25.0), 0.05, 1e-3
+    exact = point_mass_score(sde, c)
+    shape = (-1, 1, 1, 1)
+
+    def broken(x, t):
+        std = sde.marginal_std(t).reshape(shape)
+        return exact(x, t) + 3 * (x - x.clamp(-4 * std, 1 + 4 * std)) / std ** 2
+
+    std_eps = sde.marginal_std(torch.tensor(eps)).item()
+    x = torch.full((1, 1, 2, 2), c - 6 * std_eps)                      # 2 std below the band
+    p_T = torch.distributions.Normal(c, sde.marginal_std(torch.tensor(1.0)).item())
+    prior = lambda z: p_T.log_prob(z).flatten(1).sum(1)                # noqa: E731
+    closed = torch.distributions.Normal(c, std_eps).log_prob(x).sum().item()
+    kwargs = dict(eps=eps, divergence="exact", prior_logp=prior, rtol=1e-6, atol=1e-6)
+    banded = ode_likelihood(within_band(broken, sde), sde, x, **kwargs).log_p.item()
+    assert banded == pytest.approx(closed, abs=1e-3)
+    assert abs(ode_likelihood(broken, sde, x, **kwargs).log_p.item() - closed) > 10
