@@ -74,9 +74,9 @@ def test_full_test_set_run_resumes_after_an_interrupt_without_changing_the_resul
     monkeypatch.setattr(likelihood_speed, "bpd_of", fake_bpd_of)
     images = torch.rand(7, 1, 4, 4, generator=torch.Generator().manual_seed(0))
 
-    def run(out, batch, resume):
+    def run(out, batch, resume, band=None):
         args = argparse.Namespace(seed=0, batch=batch, resume=resume, out=out, model="mnist-ve",
-                                  tolerance=1e-5)
+                                  tolerance=1e-5, band=band)
         likelihood_speed.full_test_set(None, None, images, args, torch.device("cpu"), ["--full-test-set"])
         return json.loads(out.read_text())
 
@@ -99,6 +99,10 @@ def test_full_test_set_run_resumes_after_an_interrupt_without_changing_the_resul
     calls.clear()
     afresh = run(tmp_path / "part.json", 2, resume=True)   # another batch: nothing kept
     assert calls == [2, 2, 2, 1] and afresh["bpd"] == pytest.approx(whole["bpd"])
+    assert "band" not in afresh
+    calls.clear()
+    banded = run(tmp_path / "part.json", 2, resume=True, band=4.0)   # another band: nothing kept
+    assert calls == [2, 2, 2, 1] and banded["band"] == 4.0
 
 
 def test_plots_draw_the_sweep_and_the_selection(tmp_path):
