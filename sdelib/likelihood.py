@@ -140,19 +140,20 @@ def within_band(score_fn, sde: SDE, band: float = 4.0, low: float = 0.0, high: f
     """The score whose denoiser sees x_t only within `band` standard deviations of the data's range.
 
     Data in [low, high] perturbed to x_t = m(t) x_0 + std(t) z lies, pixel by pixel, in
-    [m low - band std, m high + band std] but for a fraction ~ erfc(band / sqrt 2) / 2 of the draws
-    (3e-5 for band = 4). Outside that band a net has seen no input, and what it answers there is
-    arbitrary: a pixel that the probability-flow ODE carries out of the band can be pushed further
-    out by it, ever faster (the likelihood chapter traces such a runaway). Here each pixel of x_t is
-    clipped into the band, x_c, before the net sees it, and the denoiser of x_t is taken as that of
-    x_c. With m x^_0(x) = x + std^2 s(x) (Tweedie), that is
+    [m low - band std, m high + band std] but for at most erfc(band / sqrt 2) / 2 of the draws per
+    pixel and side (3e-5 for band = 4). Outside that band a net has seen almost no input, and what
+    it answers there is arbitrary: a pixel that the probability-flow ODE carries out of the band
+    can be pushed further out by it, ever faster (the likelihood chapter traces such a runaway).
+    Here each pixel of x_t is clipped into the band, x_c, before the net sees it, and the denoised
+    image of x_t is taken as that of x_c. With m x^_0(x) = x + std^2 s(x), that is
 
         s_band(x, t) = s(x_c, t) + (x_c - x) / std(t)^2,
 
-    equal to s inside the band; outside it, the Gaussian pull of noise of size std back towards the
-    denoised x_c, as the exact score of data in [low, high] is there (its denoiser lies in the
-    range whatever x is). The result is a score model of its own: `ode_likelihood` gives exactly its
-    density, a valid bound on the data whatever the band. Keeps `trained_eps` and `sde`."""
+    equal to s inside the band; outside it, the pull of noise of size std back towards a bounded
+    denoised value, the form of the exact score of data in [low, high] there (whose denoised image
+    lies in the range whatever x is). The result is a score model of its own, Lipschitz where s is:
+    `ode_likelihood` gives its density, a valid code length whatever the band. Keeps `trained_eps`
+    and `sde`."""
     check_callable("score_fn", score_fn)
     check_instance("sde", sde, SDE, "VESDE(25.0)")
     band = check_real("band", band, low=0.0, low_open=True)
@@ -164,7 +165,8 @@ def within_band(score_fn, sde: SDE, band: float = 4.0, low: float = 0.0, high: f
         shape = (-1,) + (1,) * (x.ndim - 1)
         mean_coeff = sde.mean_coeff(t).reshape(shape).to(x.dtype)
         std = sde.marginal_std(t).reshape(shape).to(x.dtype)
-        x_c = torch.maximum(torch.minimum(x, mean_coeff * high + band * std), mean_coeff * low - band * std)
+        x_c = torch.maximum(torch.minimum(x, mean_coeff * high + band * std),
+                            mean_coeff * low - band * std)
         return score_fn(x_c, t, *args) + (x_c - x) / std ** 2
 
     for name in ("trained_eps", "sde"):
