@@ -14,6 +14,7 @@ already there.
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -21,19 +22,11 @@ import torch
 from sdelib.data import load_mnist
 from sdelib.device import default_device
 from sdelib.likelihood import dataset_bpd, dequantize, make_probe, within_band
-from sdelib.metrics import mean_and_standard_error
 from sdelib.pretrained import load_pretrained
 from sdelib.provenance import RESULTS_DIR, provenance, write_result
 
-HIGH = 5.0  # bits/dim: an image above this is counted as one the flow fails on
-
-
-def summary(bpd: torch.Tensor) -> dict:
-    estimate = mean_and_standard_error(bpd.double())
-    return {"bpd_mean": estimate.mean, "bpd_standard_error": estimate.standard_error,
-            "bpd_median": bpd.double().median().item(), "n": estimate.n,
-            "share_above": (bpd > HIGH).double().mean().item(),
-            "bpd": [round(v, 6) for v in bpd.tolist()]}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cutoff_study import HIGH, describe, summary  # noqa: E402  (benchmarks/ is a folder of scripts)
 
 
 def main(argv=None):
@@ -76,13 +69,10 @@ def main(argv=None):
         result = dataset_bpd(score_fn, sde, x, probe, batch_size=args.batch, device=device,
                              solver="torchdiffeq", eps=model.trained_eps, rtol=args.tolerance,
                              atol=args.tolerance, desc=f"band {band:g}" if band else "no band")
-        report["bands"].append({"band": band, **summary(result.bpd)})
-        report["bands"].sort(key=lambda entry: entry["band"])
+        entry = {"band": band, **summary(result.bpd)}
+        report["bands"] = sorted(report["bands"] + [entry], key=lambda e: e["band"])
         write_result(report, args.out)
-        entry = next(e for e in report["bands"] if e["band"] == band)
-        print(f"band {band:g}: {entry['bpd_mean']:.3f} ± {entry['bpd_standard_error']:.3f} "
-              f"bits/dim, median {entry['bpd_median']:.3f}, {entry['share_above']:.1%} above "
-              f"{HIGH:g}", flush=True)
+        print(f"band {band:g}: {describe(entry)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,12 @@ def summary(bpd: torch.Tensor) -> dict:
             "bpd": [round(v, 6) for v in bpd.tolist()]}
 
 
+def describe(entry: dict) -> str:
+    """One line of a summary: mean ± standard error, median, share above HIGH."""
+    return (f"{entry['bpd_mean']:.3f} ± {entry['bpd_standard_error']:.3f} bits/dim, median "
+            f"{entry['bpd_median']:.3f}, {entry['share_above']:.1%} above {HIGH:g}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="mnist-ve-fine")
@@ -86,13 +92,10 @@ def main(argv=None):
                                  solver="torchdiffeq", eps=eps, rtol=args.tolerance,
                                  atol=args.tolerance, desc=f"from sigma~ = {sigma:g}")
             bpd, source = result.bpd, "measured"
-        report["cutoffs"].append({"sigma": sigma, "eps": eps, "source": source, **summary(bpd)})
-        report["cutoffs"].sort(key=lambda c: c["sigma"])
+        entry = {"sigma": sigma, "eps": eps, "source": source, **summary(bpd)}
+        report["cutoffs"] = sorted(report["cutoffs"] + [entry], key=lambda c: c["sigma"])
         write_result(report, args.out)
-        entry = next(c for c in report["cutoffs"] if c["sigma"] == sigma)
-        print(f"from sigma~ = {sigma:g} (t = {eps:.3g}): {entry['bpd_mean']:.3f} ± "
-              f"{entry['bpd_standard_error']:.3f} bits/dim, median {entry['bpd_median']:.3f}, "
-              f"{entry['share_above']:.1%} above {HIGH:g}", flush=True)
+        print(f"from sigma~ = {sigma:g} (t = {eps:.3g}): {describe(entry)}", flush=True)
 
 
 if __name__ == "__main__":
