@@ -103,14 +103,14 @@ def main(argv=None):
         if args.full_test_set and (args.model != "mnist-ve" or args.band):
             band = f"-band{args.band:g}" if args.band else ""
             args.out = FULL_RESULTS.with_name(f"likelihood_full_{args.model}{band}.json")
+    if args.band and not args.full_test_set:
+        parser.error("--band goes with --full-test-set")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = default_device()
     model, sde = load_pretrained(args.model if args.full_test_set else "mnist-ve",
                                  map_location=device)
     images, _ = load_mnist("test")
-    if args.band and not args.full_test_set:
-        parser.error("--band goes with --full-test-set")
     if args.band:
         model = within_band(model, sde, band=args.band)
     if args.full_test_set:
